@@ -1,0 +1,805 @@
+/**
+ * Db: watches one SQLite database, copies every committed WAL transaction into the shadow
+ * WAL under `.<db>-litestream/`, takes over checkpointing, and wakes its replicas.
+ *
+ * Safety rests on three rules (see README "How replication stays correct"):
+ * 1. A read transaction held on our own read-only connection stops every other process's
+ *    checkpoint from restarting the WAL while we run.
+ * 2. Our own checkpoints run while we hold the write lock: we copy the last frames, let the
+ *    checkpoint backfill, and re-take the read lock before any writer can restart the WAL,
+ *    so no committed frame can be lost between the last copy and the restart.
+ * 3. On every sync the real WAL is checked against the shadow: the same life (header equal
+ *    and the last copied frame unchanged), the next life (SQLite's restart header: salt-1
+ *    and checkpoint sequence + 1, old tail intact), or else a new generation.
+ *
+ * @module
+ */
+import {
+  calcWalSize,
+  decodeWalHeader,
+  frameAlign,
+  isNextWalHeader,
+  isWalHeaderChecksumValid,
+  scanWalFrames,
+  WAL_HEADER_SIZE,
+  walFrameSize,
+  type WalHeader,
+} from "./wal.ts";
+import { defaultMetaPath, formatShadowWalName, isGenerationName, newGenerationName, parseShadowWalName } from "./layout.ts";
+import { formatPos, MAX_INDEX, type Pos } from "./pos.ts";
+import { type CheckpointMode, Connection, isBusyError, probeDatabaseFile } from "./sqlite.ts";
+import { absPath, dirname, exists, fsyncDir, mkdirp, readAt, writeFileAtomic } from "./internal/fs.ts";
+import { delay, Mutex, Wakeup } from "./internal/delay.ts";
+import { type Logger, silentLogger } from "./log.ts";
+import { describeError } from "./errors.ts";
+import type { CallOptions } from "./replica_client.ts";
+import { type DbMetrics, newDbMetrics } from "./metrics.ts";
+
+export const DEFAULT_MONITOR_INTERVAL_MS = 1_000;
+export const DEFAULT_CHECKPOINT_INTERVAL_MS = 60_000;
+export const DEFAULT_MIN_CHECKPOINT_PAGE_COUNT = 1_000;
+export const DEFAULT_MAX_CHECKPOINT_PAGE_COUNT = 10_000;
+export const DEFAULT_TRUNCATE_PAGE_COUNT = 500_000;
+export const DEFAULT_BUSY_TIMEOUT_MS = 1_000;
+
+const SCAN_CHUNK = 8 << 20;
+const UPSERT_SEQ =
+  "INSERT INTO _litestream_seq (id, seq) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET seq = seq + 1";
+
+/** Options of {@linkcode Db}. */
+export interface DbOptions {
+  /** Local state directory. @default {`<dir>/.<file>-litestream`} */
+  metaPath?: string;
+  /** Fallback poll interval; 0 starts no background loop (drive `sync()` yourself). @default {1000} */
+  monitorIntervalMs?: number;
+  /** React to WAL writes at once through file-system events. @default {true} */
+  watch?: boolean;
+  /** Checkpoint when frames were added and this long passed since the last one; 0 disables. @default {60000} */
+  checkpointIntervalMs?: number;
+  /** PASSIVE checkpoint once the current WAL life holds this many frames. @default {1000} */
+  minCheckpointPageCount?: number;
+  /** Forced (RESTART) checkpoint at this many frames; 0 disables. @default {10000} */
+  maxCheckpointPageCount?: number;
+  /** TRUNCATE checkpoint once the WAL file holds this many frames; 0 disables. @default {500000} */
+  truncatePageCount?: number;
+  /** SQLite busy timeout of our connections. @default {1000} */
+  busyTimeoutMs?: number;
+  logger?: Logger;
+}
+
+interface ShadowState {
+  index: number;
+  /** Committed bytes in the shadow file, header included. */
+  size: number;
+  headerBytes: Uint8Array;
+  header: WalHeader;
+  /** Running WAL checksum at `size`. */
+  checksum: [number, number];
+}
+
+type Verdict = { kind: "same" } | { kind: "next" } | { kind: "new"; reason: string };
+
+/** A replicated database. Create, `open()`, attach replicas, and `close()` when done. */
+export class Db implements AsyncDisposable {
+  readonly path: string;
+  readonly walPath: string;
+  readonly metaPath: string;
+  readonly monitorIntervalMs: number;
+  readonly checkpointIntervalMs: number;
+  readonly minCheckpointPageCount: number;
+  readonly maxCheckpointPageCount: number;
+  readonly truncatePageCount: number;
+  readonly busyTimeoutMs: number;
+  readonly watch: boolean;
+  readonly metrics: DbMetrics;
+  readonly log: Logger;
+
+  // POSIX locks are per process: closing ANY descriptor of the database file drops every
+  // lock SQLite holds on it, after which another process may checkpoint and delete the
+  // WAL under us. So the file is opened once, before the connections, and closed after.
+  #dbFile?: Deno.FsFile;
+  #read?: Connection; // read-only, holds the long read transaction; closed last
+  #write?: Connection; // takes the write lock around our checkpoints
+  #ckpt?: Connection; // runs checkpoints and our own writes
+  #pageSize = 0;
+  #generation?: string;
+  #shadow?: ShadowState;
+  #syncLock = new Mutex();
+  #checkpointLock = new Mutex();
+  #subscribers = new Set<Wakeup>();
+  #replicaIndexes = new Map<string, Pos>();
+  #lastCheckpointAt = Date.now();
+  #checkpointedAt?: { index: number; size: number };
+  #forceNewGeneration?: string;
+  #abort?: AbortController;
+  #monitorDone: Promise<void> = Promise.resolve();
+  #wake = new Wakeup();
+  #waitingLogged = false;
+  #closed = false;
+
+  constructor(path: string, options: DbOptions = {}) {
+    this.path = absPath(path);
+    this.walPath = `${this.path}-wal`;
+    this.metaPath = options.metaPath ? absPath(options.metaPath) : defaultMetaPath(this.path);
+    this.monitorIntervalMs = options.monitorIntervalMs ?? DEFAULT_MONITOR_INTERVAL_MS;
+    this.checkpointIntervalMs = options.checkpointIntervalMs ?? DEFAULT_CHECKPOINT_INTERVAL_MS;
+    this.minCheckpointPageCount = options.minCheckpointPageCount ??
+      DEFAULT_MIN_CHECKPOINT_PAGE_COUNT;
+    this.maxCheckpointPageCount = options.maxCheckpointPageCount ??
+      DEFAULT_MAX_CHECKPOINT_PAGE_COUNT;
+    this.truncatePageCount = options.truncatePageCount ?? DEFAULT_TRUNCATE_PAGE_COUNT;
+    this.busyTimeoutMs = options.busyTimeoutMs ?? DEFAULT_BUSY_TIMEOUT_MS;
+    this.watch = options.watch ?? true;
+    if (!(this.minCheckpointPageCount > 0)) {
+      throw new RangeError(`Cannot open "${this.path}": min-checkpoint-page-count must be > 0`);
+    }
+    this.log = (options.logger ?? silentLogger).with({ db: this.path });
+    this.metrics = newDbMetrics(this.path);
+  }
+
+  /** Page size of the database (0 before the first successful sync). */
+  get pageSize(): number {
+    return this.#pageSize;
+  }
+
+  /** The current generation, or undefined before the first successful sync. */
+  get generation(): string | undefined {
+    return this.#generation;
+  }
+
+  /** Current end of the shadow WAL: generation, index and committed size. */
+  pos(): Pos | undefined {
+    if (!this.#generation || !this.#shadow) return undefined;
+    return { generation: this.#generation, index: this.#shadow.index, offset: this.#shadow.size };
+  }
+
+  /** Path of shadow WAL file `index` of `generation`. */
+  shadowWalPath(generation: string, index: number): string {
+    return `${this.metaPath}/generations/${generation}/wal/${formatShadowWalName(index)}`;
+  }
+
+  /** Starts the monitor loop (unless `monitorIntervalMs` is 0). Syncs once first. */
+  async open(): Promise<void> {
+    this.#abort = new AbortController();
+    try {
+      await this.sync();
+    } catch (err) {
+      // A database that is not SQLite, or cannot be put in WAL mode, is a hard error.
+      if (err instanceof SyntaxError || err instanceof RangeError) throw err;
+      this.log.error("sync failed", { error: describeError(err) });
+    }
+    if (this.monitorIntervalMs > 0) this.#monitorDone = this.#monitor(this.#abort.signal);
+  }
+
+  /** Returns a wake-up that is notified whenever the shadow WAL changes. */
+  subscribe(): Wakeup {
+    const w = new Wakeup();
+    this.#subscribers.add(w);
+    return w;
+  }
+
+  unsubscribe(w: Wakeup): void {
+    this.#subscribers.delete(w);
+  }
+
+  /** Records a replica's position, so shadow files it still needs are kept. */
+  setReplicaPos(name: string, pos: Pos | undefined): void {
+    if (pos) this.#replicaIndexes.set(name, pos);
+    else this.#replicaIndexes.delete(name);
+  }
+
+  /** Makes the next sync start a new generation (for example when a replica is inconsistent). */
+  requestNewGeneration(reason: string): void {
+    this.#forceNewGeneration = reason;
+    this.#wake.notify();
+  }
+
+  /**
+   * Copies new committed WAL frames into the shadow WAL, starting a new generation if the
+   * WAL can no longer be followed, and checkpoints when a threshold is crossed.
+   *
+   * @throws {SyntaxError} If the file is not a SQLite database.
+   */
+  sync(_options: CallOptions = {}): Promise<void> {
+    return this.#syncLock.run(() => this.#sync());
+  }
+
+  async #sync(): Promise<void> {
+    if (this.#closed) return;
+    if (!this.#read && !(await this.#init())) return;
+    const t0 = performance.now();
+    try {
+      let changed = false;
+      await this.#ensureWalExists();
+      const wal = await this.#readWalHeader();
+      const verdict = this.#forceNewGeneration
+        ? { kind: "new" as const, reason: this.#forceNewGeneration }
+        : await this.#verify(wal.bytes, wal.size);
+      this.#forceNewGeneration = undefined;
+      if (verdict.kind === "new") {
+        await this.#createGeneration(verdict.reason);
+        changed = true;
+      } else {
+        if (verdict.kind === "next") {
+          // Finish the old life from its intact tail, then follow the new one.
+          await this.#copyFrames();
+          await this.#startShadowIndex(this.#shadow!.index + 1, wal.bytes);
+          changed = true;
+        }
+        if (await this.#copyFrames() > 0) changed = true;
+      }
+      const mode = this.#checkpointMode(wal.size);
+      if (mode && !this.#checkpointLock.locked) {
+        if (await this.#checkpointLock.run(() => this.#checkpoint(mode))) changed = true;
+      }
+      if (changed) {
+        for (const s of this.#subscribers) s.notify();
+        await this.#cleanShadow();
+      }
+      this.metrics.syncCount++;
+      this.metrics.walSize = wal.size;
+      this.metrics.shadowWalIndex = this.#shadow?.index ?? 0;
+    } catch (err) {
+      this.metrics.syncErrorCount++;
+      throw err;
+    } finally {
+      this.metrics.syncSeconds += (performance.now() - t0) / 1000;
+    }
+  }
+
+  async #init(): Promise<boolean> {
+    let pageSize: number | undefined;
+    try {
+      pageSize = await probeDatabaseFile(this.path);
+    } catch (err) {
+      if (err instanceof Deno.errors.NotFound) {
+        if (!this.#waitingLogged) this.log.info("waiting for database to be created");
+        this.#waitingLogged = true;
+        if (!(await exists(dirname(this.path)))) {
+          throw new Deno.errors.NotFound(`Cannot open "${this.path}": directory does not exist`);
+        }
+        return false;
+      }
+      throw err;
+    }
+    if (pageSize === undefined) return false; // empty file: not initialized by the app yet
+    this.#dbFile = Deno.openSync(this.path, { read: true });
+    const ckpt = new Connection(this.path, { busyTimeoutMs: this.busyTimeoutMs });
+    try {
+      const row = ckpt.get<{ journal_mode: string }>("PRAGMA journal_mode = wal");
+      const mode = String(row?.journal_mode ?? "").toLowerCase();
+      if (mode !== "wal") {
+        throw new RangeError(
+          `Cannot replicate "${this.path}": it cannot be put in WAL mode (journal_mode is "${mode}")`,
+        );
+      }
+      ckpt.exec("PRAGMA wal_autocheckpoint = 0");
+      ckpt.exec("CREATE TABLE IF NOT EXISTS _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER)");
+      ckpt.exec("CREATE TABLE IF NOT EXISTS _litestream_lock (id INTEGER)");
+      this.#pageSize = Number(ckpt.get<{ page_size: number }>("PRAGMA page_size")!.page_size);
+      const write = new Connection(this.path, { busyTimeoutMs: this.busyTimeoutMs });
+      write.exec("PRAGMA wal_autocheckpoint = 0");
+      this.#ensureWalExistsWith(ckpt);
+      const read = new Connection(this.path, { readOnly: true, busyTimeoutMs: this.busyTimeoutMs });
+      this.#ckpt = ckpt;
+      this.#write = write;
+      this.#read = read;
+      this.#beginRead();
+    } catch (err) {
+      ckpt.close();
+      this.#closeConnections();
+      if (err instanceof RangeError) throw err;
+      const msg = describeError(err);
+      if (/file is not a database|not a database/i.test(msg)) {
+        throw new SyntaxError(`"${this.path}" is not a SQLite database`, { cause: err });
+      }
+      throw new Error(`Cannot open database "${this.path}"`, { cause: err });
+    }
+    await mkdirp(this.metaPath, 0o700);
+    await this.#loadShadowState();
+    this.log.info("initialized db", { pageSize: this.#pageSize });
+    return true;
+  }
+
+  #beginRead(): void {
+    const r = this.#read!;
+    if (r.inTransaction) return;
+    r.exec("BEGIN");
+    r.get("SELECT COUNT(1) FROM _litestream_seq");
+  }
+
+  #ensureWalExistsWith(conn: Connection): void {
+    let size = 0;
+    try {
+      size = Deno.statSync(this.walPath).size;
+    } catch (err) {
+      if (!(err instanceof Deno.errors.NotFound)) throw err;
+    }
+    if (size < WAL_HEADER_SIZE) conn.run(UPSERT_SEQ);
+  }
+
+  async #ensureWalExists(): Promise<void> {
+    this.#ensureWalExistsWith(this.#ckpt!);
+  }
+
+  async #readWalHeader(): Promise<{ bytes: Uint8Array; size: number }> {
+    using f = await Deno.open(this.walPath, { read: true });
+    const size = (await f.stat()).size;
+    const bytes = await readAt(f, 0, WAL_HEADER_SIZE);
+    if (bytes.length < WAL_HEADER_SIZE) {
+      throw new Error(`Cannot read WAL header of "${this.path}": WAL is ${size} bytes`);
+    }
+    return { bytes, size };
+  }
+
+  /** Loads the generation and the last shadow WAL file, trimming any torn tail. */
+  async #loadShadowState(): Promise<void> {
+    this.#generation = undefined;
+    this.#shadow = undefined;
+    let gen: string;
+    try {
+      gen = (await Deno.readTextFile(`${this.metaPath}/generation`)).trim();
+    } catch (err) {
+      if (err instanceof Deno.errors.NotFound) return;
+      throw err;
+    }
+    if (!isGenerationName(gen)) return;
+    const dir = `${this.metaPath}/generations/${gen}/wal`;
+    let index = -1;
+    try {
+      for await (const e of Deno.readDir(dir)) {
+        const i = parseShadowWalName(e.name);
+        if (i !== undefined && i > index) index = i;
+        if (e.name.endsWith(".tmp")) await Deno.remove(`${dir}/${e.name}`).catch(() => {});
+      }
+    } catch (err) {
+      if (err instanceof Deno.errors.NotFound) return;
+      throw err;
+    }
+    if (index < 0) return;
+    const path = this.shadowWalPath(gen, index);
+    using f = await Deno.open(path, { read: true, write: true });
+    const fileSize = (await f.stat()).size;
+    const headerBytes = await readAt(f, 0, WAL_HEADER_SIZE);
+    if (headerBytes.length < WAL_HEADER_SIZE || !safeHeaderValid(headerBytes)) return;
+    const header = decodeWalHeader(headerBytes);
+    const scan = await scanFile(f, WAL_HEADER_SIZE, fileSize, header, [
+      header.checksum1,
+      header.checksum2,
+    ]);
+    if (scan.end < fileSize) {
+      // A crash during an append left frames without their commit: drop them.
+      this.log.warn("shadow wal trimmed to last commit", { index, from: fileSize, to: scan.end });
+      await f.truncate(scan.end);
+      await f.syncData();
+    }
+    this.#generation = gen;
+    this.#shadow = { index, size: scan.end, headerBytes, header, checksum: scan.checksum };
+  }
+
+  async #verify(walHeaderBytes: Uint8Array, walSize: number): Promise<Verdict> {
+    const sh = this.#shadow;
+    if (!this.#generation) return { kind: "new", reason: "no generation exists" };
+    if (!sh) return { kind: "new", reason: "no shadow wal" };
+    if (sh.index >= MAX_INDEX) return { kind: "new", reason: "max index exceeded" };
+    if (!safeHeaderValid(walHeaderBytes)) {
+      return { kind: "new", reason: "wal header invalid" };
+    }
+    const same = bytesEqual(walHeaderBytes, sh.headerBytes);
+    if (!same) {
+      if (sh.size <= WAL_HEADER_SIZE) return { kind: "new", reason: "wal header only, mismatched" };
+      if (!isNextWalHeader(sh.header, decodeWalHeader(walHeaderBytes))) {
+        return { kind: "new", reason: "wal restarted more than once since last sync" };
+      }
+    }
+    if (walSize < sh.size) return { kind: "new", reason: "wal truncated by another process" };
+    if (sh.size > WAL_HEADER_SIZE) {
+      // The last frame we copied must still be there, byte for byte.
+      const fs = walFrameSize(sh.header.pageSize);
+      using w = await Deno.open(this.walPath, { read: true });
+      using s = await Deno.open(this.shadowWalPath(this.#generation, sh.index), { read: true });
+      const a = await readAt(w, sh.size - fs, fs);
+      const b = await readAt(s, sh.size - fs, fs);
+      if (!bytesEqual(a, b)) return { kind: "new", reason: "wal overwritten by another process" };
+    }
+    return same ? { kind: "same" } : { kind: "next" };
+  }
+
+  async #createGeneration(reason: string): Promise<void> {
+    const gen = newGenerationName();
+    const wal = await this.#readWalHeader();
+    if (!safeHeaderValid(wal.bytes)) {
+      throw new Error(`Cannot start a generation for "${this.path}": WAL header is invalid`);
+    }
+    this.#pageSize = decodeWalHeader(wal.bytes).pageSize;
+    await mkdirp(`${this.metaPath}/generations/${gen}/wal`, 0o700);
+    this.#generation = gen;
+    await this.#startShadowIndex(0, wal.bytes);
+    await this.#copyFrames();
+    await writeFileAtomic(`${this.metaPath}/generation`, new TextEncoder().encode(`${gen}\n`), {
+      mode: 0o600,
+    });
+    this.#checkpointedAt = undefined;
+    // Older generations' shadow files are of no use any more.
+    for await (const e of Deno.readDir(`${this.metaPath}/generations`)) {
+      if (e.name !== gen) {
+        await Deno.remove(`${this.metaPath}/generations/${e.name}`, { recursive: true });
+      }
+    }
+    this.log.info("new generation", { generation: gen, reason });
+  }
+
+  async #startShadowIndex(index: number, headerBytes: Uint8Array): Promise<void> {
+    const header = decodeWalHeader(headerBytes);
+    const path = this.shadowWalPath(this.#generation!, index);
+    {
+      using f = await Deno.open(path, { write: true, create: true, truncate: true, mode: 0o600 });
+      let o = 0;
+      while (o < headerBytes.length) o += await f.write(headerBytes.subarray(o));
+      await f.syncData();
+    }
+    await fsyncDir(dirname(path));
+    this.#shadow = {
+      index,
+      size: WAL_HEADER_SIZE,
+      headerBytes: headerBytes.slice(0, WAL_HEADER_SIZE),
+      header,
+      checksum: [header.checksum1, header.checksum2],
+    };
+    this.#pageSize = header.pageSize;
+  }
+
+  /**
+   * Appends the committed frames of the current WAL life that the shadow lacks.
+   * Returns the number of bytes appended.
+   */
+  async #copyFrames(): Promise<number> {
+    const sh = this.#shadow!;
+    using wal = await Deno.open(this.walPath, { read: true });
+    const walSize = (await wal.stat()).size;
+    const scan = await scanFile(wal, sh.size, walSize, sh.header, sh.checksum, true);
+    if (scan.end <= sh.size) return 0;
+    const n = scan.end - sh.size;
+    {
+      using out = await Deno.open(this.shadowWalPath(this.#generation!, sh.index), { write: true });
+      await out.seek(sh.size, Deno.SeekMode.Start);
+      if (scan.data && scan.data.length >= n) {
+        await writeAll(out, scan.data.subarray(0, n));
+      } else {
+        for (let off = sh.size; off < scan.end; off += SCAN_CHUNK) {
+          await writeAll(out, await readAt(wal, off, Math.min(SCAN_CHUNK, scan.end - off)));
+        }
+      }
+      await out.syncData();
+    }
+    sh.size = scan.end;
+    sh.checksum = scan.checksum;
+    this.metrics.totalWalBytes += n;
+    if (this.log.enabled("debug")) {
+      this.log.debug("copied frames", { pos: formatPos(this.pos()!), bytes: n });
+    }
+    return n;
+  }
+
+  #checkpointMode(walSize: number): CheckpointMode | undefined {
+    const sh = this.#shadow;
+    if (!sh) return undefined;
+    const ps = sh.header.pageSize;
+    const done = this.#checkpointedAt;
+    const fresh = !done || done.index !== sh.index || done.size !== sh.size;
+    if (!fresh) return undefined; // nothing new to backfill since our last full checkpoint
+    if (this.truncatePageCount > 0 && walSize >= calcWalSize(ps, this.truncatePageCount)) {
+      return "TRUNCATE";
+    }
+    if (this.maxCheckpointPageCount > 0 && sh.size >= calcWalSize(ps, this.maxCheckpointPageCount)) {
+      return "RESTART";
+    }
+    if (sh.size >= calcWalSize(ps, this.minCheckpointPageCount)) return "PASSIVE";
+    if (
+      this.checkpointIntervalMs > 0 && Date.now() - this.#lastCheckpointAt >= this.checkpointIntervalMs &&
+      sh.size > calcWalSize(ps, 1)
+    ) return "PASSIVE";
+    return undefined;
+  }
+
+  /**
+   * Runs a checkpoint without ever letting a committed frame escape the shadow WAL.
+   * Returns true if the shadow WAL changed.
+   */
+  async #checkpoint(mode: CheckpointMode): Promise<boolean> {
+    const read = this.#read!, write = this.#write!, ckpt = this.#ckpt!;
+    const t0 = performance.now();
+    // 1. Hold the write lock: from here until we re-take the read lock, nothing commits.
+    try {
+      write.exec("BEGIN IMMEDIATE");
+    } catch (err) {
+      if (isBusyError(err)) {
+        this.log.debug("checkpoint postponed: database busy", { mode });
+        return false;
+      }
+      throw err;
+    }
+    let result;
+    let copied = 0;
+    try {
+      copied = await this.#copyFrames(); // 2. the shadow now holds every committed frame
+      read.exec("ROLLBACK"); // 3. let the checkpoint backfill past our read mark
+      try {
+        result = ckpt.checkpoint("PASSIVE");
+      } finally {
+        // 4. Re-take the read lock before any writer can restart the WAL. If the WAL was
+        // fully backfilled this lands on read mark 0, which blocks every later backfill.
+        this.#beginRead();
+      }
+    } catch (err) {
+      this.metrics.checkpointErrors[mode] = (this.metrics.checkpointErrors[mode] ?? 0) + 1;
+      throw err;
+    } finally {
+      write.exec("ROLLBACK");
+    }
+    const complete = result.busy === 0 && result.checkpointed === result.log;
+    if (!complete && mode === "RESTART") {
+      // Forced, as v0.3.13 does at max-checkpoint-page-count: wait for readers on old
+      // snapshots. Frames committed meanwhile stay in the old life's tail, which the next
+      // sync copies before following the restarted WAL (or starts a new generation).
+      read.exec("ROLLBACK");
+      try {
+        result = ckpt.checkpoint("RESTART");
+      } finally {
+        this.#beginRead();
+      }
+    } else if (complete && mode === "TRUNCATE") {
+      // Our read lock sits on mark 0: this succeeds only if no frame was added meanwhile.
+      const t = ckpt.checkpoint("TRUNCATE");
+      if (t.busy === 0) {
+        // Start the next WAL life now, so its header is the direct successor we follow.
+        ckpt.run(UPSERT_SEQ);
+        this.#wake.notify();
+      }
+    }
+    const sh = this.#shadow!;
+    if (complete || result.busy === 0) this.#checkpointedAt = { index: sh.index, size: sh.size };
+    this.#lastCheckpointAt = Date.now();
+    this.metrics.checkpointCount[mode] = (this.metrics.checkpointCount[mode] ?? 0) + 1;
+    this.metrics.checkpointSeconds[mode] = (this.metrics.checkpointSeconds[mode] ?? 0) +
+      (performance.now() - t0) / 1000;
+    this.log.debug("checkpoint", {
+      mode,
+      busy: result.busy,
+      log: result.log,
+      checkpointed: result.checkpointed,
+    });
+    return copied > 0;
+  }
+
+  /** Removes shadow WAL files that every replica has moved past (keeping one extra). */
+  async #cleanShadow(): Promise<void> {
+    const gen = this.#generation, sh = this.#shadow;
+    if (!gen || !sh) return;
+    let min = sh.index;
+    for (const pos of this.#replicaIndexes.values()) {
+      min = Math.min(min, pos.generation === gen ? pos.index : 0);
+    }
+    const dir = `${this.metaPath}/generations/${gen}/wal`;
+    for await (const e of Deno.readDir(dir)) {
+      const i = parseShadowWalName(e.name);
+      if (i !== undefined && i < min - 1) await Deno.remove(`${dir}/${e.name}`).catch(() => {});
+    }
+  }
+
+  /**
+   * Reads committed shadow WAL bytes of `index` from `offset` to its current end.
+   * Returns an empty array when there is nothing new in that file.
+   *
+   * @throws {Deno.errors.NotFound} If that shadow file no longer exists.
+   */
+  async readShadow(generation: string, index: number, offset: number): Promise<Uint8Array> {
+    const end = await this.shadowEnd(generation, index);
+    if (offset >= end) return new Uint8Array(0);
+    using f = await Deno.open(this.shadowWalPath(generation, index), { read: true });
+    return await readAt(f, offset, end - offset);
+  }
+
+  /** Committed size of shadow file `index` (NotFound if it is gone). */
+  async shadowEnd(generation: string, index: number): Promise<number> {
+    const sh = this.#shadow;
+    if (generation === this.#generation && sh && index === sh.index) return sh.size;
+    if (generation !== this.#generation || !sh || index > sh.index) {
+      throw new Deno.errors.NotFound(`No shadow WAL ${generation}/${formatShadowWalName(index)}`);
+    }
+    return (await Deno.stat(this.shadowWalPath(generation, index))).size;
+  }
+
+  /**
+   * Runs `fn` with a stream of the database file while no checkpoint of ours can run, and
+   * the position whose WAL index the snapshot belongs to. Restores replay that WAL index
+   * from offset 0 over the snapshot, so pages a concurrent checkpoint by another process
+   * writes while we read are overwritten by their WAL frames.
+   */
+  async snapshot<T>(
+    fn: (pos: Pos, data: ReadableStream<Uint8Array>) => Promise<T>,
+  ): Promise<T> {
+    return await this.#checkpointLock.run(async () => {
+      await this.sync();
+      const pos = this.pos();
+      if (!pos) throw new Error(`Cannot snapshot "${this.path}": database not initialized`);
+      // Only synchronous calls on this handle: Deno's async file calls work on a duplicate
+      // descriptor and close it afterwards, which drops SQLite's locks (see #dbFile).
+      const file = this.#dbFile!;
+      const size = file.statSync().size;
+      let off = 0;
+      const stream = new ReadableStream<Uint8Array>({
+        pull(ctl) {
+          if (off >= size) return ctl.close();
+          const buf = new Uint8Array(Math.min(4 << 20, size - off));
+          file.seekSync(off, Deno.SeekMode.Start);
+          let n = 0;
+          while (n < buf.length) {
+            const r = file.readSync(buf.subarray(n));
+            if (r === null) break;
+            n += r;
+          }
+          if (n === 0) return ctl.close();
+          off += n;
+          ctl.enqueue(buf.subarray(0, n));
+        },
+      }, { highWaterMark: 0 });
+      return await fn(pos, stream);
+    });
+  }
+
+  async #monitor(signal: AbortSignal): Promise<void> {
+    const watcher = this.watch ? this.#watchWal(signal) : Promise.resolve();
+    while (!signal.aborted) {
+      await this.#wake.wait(this.monitorIntervalMs, signal);
+      if (signal.aborted) break;
+      try {
+        await this.sync();
+      } catch (err) {
+        if (signal.aborted) break;
+        this.log.error("sync failed", { error: describeError(err) });
+        await delay(Math.min(this.monitorIntervalMs, 1000), { signal }).catch(() => {});
+      }
+    }
+    await watcher;
+  }
+
+  /**
+   * Wakes the monitor on every write to the WAL file (inotify), re-arming if needed.
+   *
+   * Only the `-wal` file is watched, never the directory: on directory events Deno's
+   * watcher opens and closes the changed file, and closing a descriptor of the database
+   * file drops SQLite's locks in this process (see #dbFile).
+   */
+  async #watchWal(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      let watcher: Deno.FsWatcher | undefined;
+      const onAbort = () => watcher?.close();
+      try {
+        watcher = Deno.watchFs(this.walPath, { recursive: false });
+        signal.addEventListener("abort", onAbort, { once: true });
+        for await (const ev of watcher) {
+          if (ev.kind === "modify" || ev.kind === "create" || ev.kind === "any") this.#wake.notify();
+          if (ev.kind === "remove") break; // the WAL was replaced: watch the new one
+        }
+      } catch (err) {
+        if (signal.aborted) break;
+        if (!(err instanceof Deno.errors.NotFound)) {
+          this.log.warn("file watch failed, polling only", { error: describeError(err) });
+          return;
+        }
+      } finally {
+        signal.removeEventListener("abort", onAbort);
+        try {
+          watcher?.close();
+        } catch { /* already closed */ }
+      }
+      await delay(this.monitorIntervalMs, { signal }).catch(() => {});
+    }
+  }
+
+  #closeConnections(): void {
+    // Read-write connections first: the last connection to close would checkpoint and
+    // delete the WAL, costing a new generation on the next start; a read-only one cannot.
+    for (const c of [this.#ckpt, this.#write]) {
+      try {
+        c?.close();
+      } catch { /* keep closing */ }
+    }
+    try {
+      this.#read?.close();
+    } catch { /* closed */ }
+    this.#ckpt = this.#write = this.#read = undefined;
+    try {
+      this.#dbFile?.close();
+    } catch { /* closed */ }
+    this.#dbFile = undefined;
+  }
+
+  /** Stops the monitor, syncs once more, and closes the connections (keeping the WAL). */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#abort?.abort();
+    await this.#monitorDone;
+    const errors: unknown[] = [];
+    try {
+      await this.sync();
+    } catch (err) {
+      errors.push(err);
+    }
+    this.#closed = true;
+    await this.#syncLock.run(async () => {
+      try {
+        if (this.#read?.inTransaction) this.#read.exec("ROLLBACK");
+      } catch (err) {
+        errors.push(err);
+      }
+      this.#closeConnections();
+    });
+    if (errors.length === 1) throw errors[0];
+    if (errors.length > 1) {
+      throw new AggregateError(errors, `Cannot close database "${this.path}" cleanly`);
+    }
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+function safeHeaderValid(bytes: Uint8Array): boolean {
+  try {
+    return isWalHeaderChecksumValid(bytes);
+  } catch {
+    return false;
+  }
+}
+
+function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+async function writeAll(f: Deno.FsFile, data: Uint8Array): Promise<void> {
+  let o = 0;
+  while (o < data.length) o += await f.write(data.subarray(o));
+}
+
+/**
+ * Scans frames of `file` from `start` (a frame boundary) to `size` in chunks, returning the
+ * end of the last valid commit and the checksum there. With `keep`, the bytes of the first
+ * chunk are returned too when the commit lies inside it (the common, small case).
+ */
+async function scanFile(
+  file: Deno.FsFile,
+  start: number,
+  size: number,
+  header: WalHeader,
+  seed: readonly [number, number],
+  keep = false,
+): Promise<{ end: number; checksum: [number, number]; data?: Uint8Array }> {
+  const fs = walFrameSize(header.pageSize);
+  const chunk = Math.max(1, Math.floor(SCAN_CHUNK / fs)) * fs;
+  let off = start;
+  let sum: [number, number] = [seed[0], seed[1]];
+  let end = start;
+  let endSum: [number, number] = [seed[0], seed[1]];
+  let data: Uint8Array | undefined;
+  const limit = frameAlign(size, header.pageSize);
+  while (off + fs <= limit) {
+    const buf = await readAt(file, off, Math.min(chunk, limit - off));
+    const usable = buf.subarray(0, Math.floor(buf.length / fs) * fs);
+    if (usable.length === 0) break;
+    if (keep && off === start) data = usable;
+    const r = scanWalFrames(usable, header, sum);
+    if (r.committedBytes > 0) {
+      end = off + r.committedBytes;
+      endSum = r.committedChecksum;
+    }
+    if (r.stop !== "end") break;
+    sum = r.checksum;
+    off += usable.length;
+  }
+  return { end, checksum: endSum, data };
+}

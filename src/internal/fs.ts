@@ -1,0 +1,123 @@
+/**
+ * File-system helpers: atomic writes, directory fsync, existence checks.
+ *
+ * @module
+ */
+import type { Body } from "../replica_client.ts";
+
+/** Returns the directory part of a path ("." when there is none). */
+export function dirname(path: string): string {
+  const i = path.lastIndexOf("/");
+  if (i < 0) return ".";
+  return i === 0 ? "/" : path.slice(0, i);
+}
+
+/** Returns the last part of a path. */
+export function basename(path: string): string {
+  return path.slice(path.lastIndexOf("/") + 1);
+}
+
+/** Returns true if `path` exists (following links); false only for NotFound. */
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return false;
+    throw err;
+  }
+}
+
+/** Flushes a directory's entries to disk so that a rename in it survives a crash. */
+export async function fsyncDir(path: string): Promise<void> {
+  using dir = await Deno.open(path, { read: true });
+  try {
+    await dir.sync();
+  } catch (err) {
+    // Some file systems refuse fsync on directories; the rename is still atomic there.
+    if (!(err instanceof Deno.errors.InvalidData) && !(err instanceof Deno.errors.PermissionDenied)) {
+      throw err;
+    }
+  }
+}
+
+/** Writes `data` to `file` and returns the number of bytes written. */
+export async function writeBody(file: Deno.FsFile, data: Body): Promise<number> {
+  if (data instanceof Uint8Array) {
+    let o = 0;
+    while (o < data.length) o += await file.write(data.subarray(o));
+    return o;
+  }
+  let n = 0;
+  for await (const chunk of data) {
+    let o = 0;
+    while (o < chunk.length) o += await file.write(chunk.subarray(o));
+    n += chunk.length;
+  }
+  return n;
+}
+
+/**
+ * Writes `data` to `path` atomically: into `path.tmp`, fsync, rename, fsync the directory.
+ * A crash leaves either the old file or the new one, never a partial one.
+ *
+ * @returns the number of bytes written
+ */
+export async function writeFileAtomic(
+  path: string,
+  data: Body,
+  options: { mode?: number; syncDir?: boolean } = {},
+): Promise<number> {
+  const tmp = `${path}.tmp`;
+  let n: number;
+  try {
+    using file = await Deno.open(tmp, {
+      write: true,
+      create: true,
+      truncate: true,
+      mode: options.mode ?? 0o644,
+    });
+    n = await writeBody(file, data);
+    await file.sync();
+  } catch (err) {
+    await Deno.remove(tmp).catch(() => {});
+    throw err;
+  }
+  await Deno.rename(tmp, path);
+  if (options.syncDir !== false) await fsyncDir(dirname(path));
+  return n;
+}
+
+/** Reads exactly `length` bytes at `offset` (fewer only at end of file). */
+export async function readAt(
+  file: Deno.FsFile,
+  offset: number,
+  length: number,
+): Promise<Uint8Array> {
+  const buf = new Uint8Array(length);
+  await file.seek(offset, Deno.SeekMode.Start);
+  let n = 0;
+  while (n < length) {
+    const r = await file.read(buf.subarray(n));
+    if (r === null) break;
+    n += r;
+  }
+  return n === length ? buf : buf.subarray(0, n);
+}
+
+/** Creates `path` and its parents; no error if it exists. */
+export async function mkdirp(path: string, mode?: number): Promise<void> {
+  await Deno.mkdir(path, { recursive: true, mode });
+}
+
+/** Makes `path` absolute against the current directory and removes `.`/`..`/`//`. */
+export function absPath(path: string, cwd = Deno.cwd()): string {
+  const full = path.startsWith("/") ? path : `${cwd}/${path}`;
+  const out: string[] = [];
+  for (const part of full.split("/")) {
+    if (part === "" || part === ".") continue;
+    if (part === "..") out.pop();
+    else out.push(part);
+  }
+  return "/" + out.join("/");
+}

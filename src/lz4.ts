@@ -1,0 +1,548 @@
+/**
+ * LZ4 frame format (https://github.com/lz4/lz4/blob/dev/doc/lz4_Frame_format.md), as
+ * Litestream v0.3.13 stores every snapshot and WAL segment: exactly one frame per object,
+ * FLG 0x64 (version 1, independent blocks, content checksum, no block checksum), BD 0x70
+ * (4 MiB blocks). Blocks are compressed by the `lz4-wasm` block codec; the frame, the
+ * xxHash32 checksums and a small decoder for linked blocks are ours. Pure: no I/O.
+ *
+ * @module
+ */
+import * as wasm from "lz4-wasm";
+
+/** LZ4 frame magic number (little-endian on the wire). */
+export const LZ4_FRAME_MAGIC = 0x184d2204;
+/** Block size we write: 4 MiB, as pierrec/lz4 does by default. */
+export const LZ4_BLOCK_SIZE = 4 << 20;
+
+const FLG_WRITE = 0x64;
+const BD_WRITE = 0x70;
+const STORED_BIT = 0x80000000;
+
+// ---------------------------------------------------------------------------------------
+// xxHash32
+
+const P1 = 2654435761;
+const P2 = 2246822519;
+const P3 = 3266489917;
+const P4 = 668265263;
+const P5 = 374761393;
+
+function rotl(x: number, r: number): number {
+  return (x << r) | (x >>> (32 - r));
+}
+
+function round(acc: number, lane: number): number {
+  return Math.imul(rotl((acc + Math.imul(lane, P2)) | 0, 13), P1);
+}
+
+/** Incremental xxHash32, as used for LZ4 header and content checksums. */
+export class Xxh32 {
+  #v1: number;
+  #v2: number;
+  #v3: number;
+  #v4: number;
+  #seed: number;
+  #total = 0;
+  #buf = new Uint8Array(16);
+  #bufLen = 0;
+
+  constructor(seed = 0) {
+    this.#seed = seed | 0;
+    this.#v1 = (this.#seed + P1 + P2) | 0;
+    this.#v2 = (this.#seed + P2) | 0;
+    this.#v3 = this.#seed;
+    this.#v4 = (this.#seed - P1) | 0;
+  }
+
+  /** Feeds `data` into the hash. */
+  update(data: Uint8Array): this {
+    this.#total += data.length;
+    let i = 0;
+    if (this.#bufLen > 0) {
+      const take = Math.min(16 - this.#bufLen, data.length);
+      this.#buf.set(data.subarray(0, take), this.#bufLen);
+      this.#bufLen += take;
+      i = take;
+      if (this.#bufLen < 16) return this;
+      this.#stripes(this.#buf, 0, 16);
+      this.#bufLen = 0;
+    }
+    const end = i + Math.floor((data.length - i) / 16) * 16;
+    if (end > i) this.#stripes(data, i, end);
+    if (end < data.length) {
+      this.#buf.set(data.subarray(end), 0);
+      this.#bufLen = data.length - end;
+    }
+    return this;
+  }
+
+  #stripes(d: Uint8Array, start: number, end: number): void {
+    const dv = new DataView(d.buffer, d.byteOffset, d.byteLength);
+    let v1 = this.#v1, v2 = this.#v2, v3 = this.#v3, v4 = this.#v4;
+    for (let i = start; i < end; i += 16) {
+      v1 = round(v1, dv.getUint32(i, true));
+      v2 = round(v2, dv.getUint32(i + 4, true));
+      v3 = round(v3, dv.getUint32(i + 8, true));
+      v4 = round(v4, dv.getUint32(i + 12, true));
+    }
+    this.#v1 = v1;
+    this.#v2 = v2;
+    this.#v3 = v3;
+    this.#v4 = v4;
+  }
+
+  /** Returns the hash of everything fed so far (does not reset). */
+  digest(): number {
+    let h: number;
+    if (this.#total >= 16) {
+      h = (rotl(this.#v1, 1) + rotl(this.#v2, 7) + rotl(this.#v3, 12) + rotl(this.#v4, 18)) | 0;
+    } else {
+      h = (this.#seed + P5) | 0;
+    }
+    h = (h + this.#total) | 0;
+    const b = this.#buf;
+    const dv = new DataView(b.buffer);
+    let i = 0;
+    for (; i + 4 <= this.#bufLen; i += 4) {
+      h = Math.imul(rotl((h + Math.imul(dv.getUint32(i, true), P3)) | 0, 17), P4);
+    }
+    for (; i < this.#bufLen; i++) h = Math.imul(rotl((h + Math.imul(b[i], P5)) | 0, 11), P1);
+    h ^= h >>> 15;
+    h = Math.imul(h, P2);
+    h ^= h >>> 13;
+    h = Math.imul(h, P3);
+    h ^= h >>> 16;
+    return h >>> 0;
+  }
+}
+
+/** One-shot xxHash32 of `data`. */
+export function xxh32(data: Uint8Array, seed = 0): number {
+  return new Xxh32(seed).update(data).digest();
+}
+
+// ---------------------------------------------------------------------------------------
+// Blocks
+
+/**
+ * Returns the exact decoded size of a raw LZ4 block, walking its sequences.
+ *
+ * @throws {SyntaxError} If the block's sequences run past its end.
+ */
+export function blockDecodedSize(src: Uint8Array): number {
+  let i = 0;
+  let n = 0;
+  const len = src.length;
+  while (i < len) {
+    const token = src[i++];
+    let lit = token >>> 4;
+    if (lit === 15) {
+      let b: number;
+      do {
+        if (i >= len) throw new SyntaxError("Cannot decode LZ4 block: truncated literal length");
+        b = src[i++];
+        lit += b;
+      } while (b === 255);
+    }
+    i += lit;
+    n += lit;
+    if (i > len) throw new SyntaxError("Cannot decode LZ4 block: literals run past its end");
+    if (i === len) break; // the last sequence has literals only
+    i += 2;
+    let ml = token & 15;
+    if (ml === 15) {
+      let b: number;
+      do {
+        if (i >= len) throw new SyntaxError("Cannot decode LZ4 block: truncated match length");
+        b = src[i++];
+        ml += b;
+      } while (b === 255);
+    }
+    n += ml + 4;
+  }
+  return n;
+}
+
+/**
+ * Decodes one LZ4 block into `dst` at `pos`; bytes of `dst` before `pos` serve as history
+ * for matches (linked blocks). Returns the new end position.
+ *
+ * @throws {SyntaxError} If the block is malformed or does not fit in `dst`.
+ */
+export function decodeBlockInto(src: Uint8Array, dst: Uint8Array, pos: number): number {
+  let i = 0;
+  let o = pos;
+  const len = src.length;
+  const bad = (what: string) => new SyntaxError(`Cannot decode LZ4 block: ${what}`);
+  while (i < len) {
+    const token = src[i++];
+    let lit = token >>> 4;
+    if (lit === 15) {
+      let b: number;
+      do {
+        if (i >= len) throw bad("truncated literal length");
+        b = src[i++];
+        lit += b;
+      } while (b === 255);
+    }
+    if (i + lit > len || o + lit > dst.length) throw bad("literals out of bounds");
+    dst.set(src.subarray(i, i + lit), o);
+    i += lit;
+    o += lit;
+    if (i === len) break;
+    if (i + 2 > len) throw bad("truncated match offset");
+    const offset = src[i] | (src[i + 1] << 8);
+    i += 2;
+    if (offset === 0 || offset > o) throw bad(`invalid match offset ${offset}`);
+    let ml = token & 15;
+    if (ml === 15) {
+      let b: number;
+      do {
+        if (i >= len) throw bad("truncated match length");
+        b = src[i++];
+        ml += b;
+      } while (b === 255);
+    }
+    ml += 4;
+    if (o + ml > dst.length) throw bad("match out of bounds");
+    let m = o - offset;
+    if (offset >= ml) {
+      dst.copyWithin(o, m, m + ml);
+      o += ml;
+    } else {
+      for (const end = o + ml; o < end;) dst[o++] = dst[m++];
+    }
+  }
+  return o;
+}
+
+/** Compresses one block; returns `undefined` when compression would not save space. */
+function compressBlock(src: Uint8Array): Uint8Array | undefined {
+  const out = wasm.compress(src).subarray(4); // lz4-wasm prepends the decoded size
+  return out.length < src.length ? out : undefined;
+}
+
+function decompressIndependentBlock(src: Uint8Array, maxSize: number): Uint8Array {
+  const size = blockDecodedSize(src);
+  if (size > maxSize) {
+    throw new SyntaxError(`Cannot decode LZ4 block: decodes to ${size} bytes, max is ${maxSize}`);
+  }
+  const framed = new Uint8Array(src.length + 4);
+  new DataView(framed.buffer).setUint32(0, size, true);
+  framed.set(src, 4);
+  try {
+    return wasm.decompress(framed);
+  } catch (err) {
+    throw new SyntaxError("Cannot decode LZ4 block", { cause: err });
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Frame encoder
+
+/** Streaming LZ4 frame writer producing exactly one frame, the way v0.3.13 writes them. */
+export class Lz4FrameEncoder {
+  #buf = new Uint8Array(LZ4_BLOCK_SIZE);
+  #len = 0;
+  #hash = new Xxh32();
+  #started = false;
+
+  /** Feeds uncompressed bytes; returns the encoded bytes ready so far. */
+  push(data: Uint8Array): Uint8Array[] {
+    const out: Uint8Array[] = [];
+    if (!this.#started) out.push(this.#header());
+    this.#hash.update(data);
+    let i = 0;
+    while (i < data.length) {
+      const take = Math.min(LZ4_BLOCK_SIZE - this.#len, data.length - i);
+      if (this.#len === 0 && take === LZ4_BLOCK_SIZE) {
+        out.push(...encodeBlock(data.subarray(i, i + take)));
+      } else {
+        this.#buf.set(data.subarray(i, i + take), this.#len);
+        this.#len += take;
+        if (this.#len === LZ4_BLOCK_SIZE) {
+          out.push(...encodeBlock(this.#buf));
+          this.#buf = new Uint8Array(LZ4_BLOCK_SIZE);
+          this.#len = 0;
+        }
+      }
+      i += take;
+    }
+    return out;
+  }
+
+  /** Ends the frame: the last block, the end mark and the content checksum. */
+  finish(): Uint8Array[] {
+    const out: Uint8Array[] = [];
+    if (!this.#started) out.push(this.#header());
+    if (this.#len > 0) out.push(...encodeBlock(this.#buf.subarray(0, this.#len)));
+    const tail = new Uint8Array(8);
+    new DataView(tail.buffer).setUint32(4, this.#hash.digest(), true);
+    out.push(tail);
+    return out;
+  }
+
+  #header(): Uint8Array {
+    this.#started = true;
+    const h = new Uint8Array(7);
+    const v = new DataView(h.buffer);
+    v.setUint32(0, LZ4_FRAME_MAGIC, true);
+    h[4] = FLG_WRITE;
+    h[5] = BD_WRITE;
+    h[6] = (xxh32(h.subarray(4, 6)) >>> 8) & 0xff;
+    return h;
+  }
+}
+
+function encodeBlock(block: Uint8Array): Uint8Array[] {
+  const compressed = compressBlock(block);
+  const size = new Uint8Array(4);
+  const v = new DataView(size.buffer);
+  if (compressed) {
+    v.setUint32(0, compressed.length, true);
+    return [size, compressed];
+  }
+  v.setUint32(0, (block.length | STORED_BIT) >>> 0, true);
+  return [size, block.slice()];
+}
+
+/** Compresses `data` into one LZ4 frame. */
+export function lz4Compress(data: Uint8Array): Uint8Array {
+  const enc = new Lz4FrameEncoder();
+  return concat([...enc.push(data), ...enc.finish()]);
+}
+
+/** A TransformStream that compresses its input into one LZ4 frame. */
+export function lz4CompressStream(): TransformStream<Uint8Array, Uint8Array> {
+  const enc = new Lz4FrameEncoder();
+  return new TransformStream({
+    transform(chunk, ctl) {
+      for (const b of enc.push(chunk)) ctl.enqueue(b);
+    },
+    flush(ctl) {
+      for (const b of enc.finish()) ctl.enqueue(b);
+    },
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// Frame decoder
+
+/** Joins byte arrays into one. */
+export function concat(parts: Uint8Array[]): Uint8Array {
+  if (parts.length === 1) return parts[0];
+  let n = 0;
+  for (const p of parts) n += p.length;
+  const out = new Uint8Array(n);
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+/** FIFO of byte chunks from which exact lengths are taken without quadratic copying. */
+class ByteQueue {
+  #chunks: Uint8Array[] = [];
+  #head = 0; // offset into chunks[0]
+  length = 0;
+
+  push(chunk: Uint8Array): void {
+    if (chunk.length === 0) return;
+    this.#chunks.push(chunk);
+    this.length += chunk.length;
+  }
+
+  take(n: number): Uint8Array {
+    const first = this.#chunks[0];
+    if (first.length - this.#head >= n) {
+      const out = first.subarray(this.#head, this.#head + n);
+      this.#head += n;
+      if (this.#head === first.length) {
+        this.#chunks.shift();
+        this.#head = 0;
+      }
+      this.length -= n;
+      return out;
+    }
+    const out = new Uint8Array(n);
+    let o = 0;
+    while (o < n) {
+      const c = this.#chunks[0];
+      const k = Math.min(n - o, c.length - this.#head);
+      out.set(c.subarray(this.#head, this.#head + k), o);
+      o += k;
+      this.#head += k;
+      if (this.#head === c.length) {
+        this.#chunks.shift();
+        this.#head = 0;
+      }
+    }
+    this.length -= n;
+    return out;
+  }
+
+  peekByte(i: number): number {
+    let idx = this.#head + i;
+    for (const c of this.#chunks) {
+      if (idx < c.length) return c[idx];
+      idx -= c.length;
+    }
+    return -1;
+  }
+}
+
+const MAX_BLOCK_SIZES: Record<number, number> = { 4: 64 << 10, 5: 256 << 10, 6: 1 << 20, 7: 4 << 20 };
+
+/**
+ * Streaming reader of exactly one LZ4 frame. Accepts every valid frame (independent or
+ * linked blocks, stored blocks, block checksums, content size); verifies every checksum
+ * present; rejects anything after the frame's end.
+ */
+export class Lz4FrameDecoder {
+  #q = new ByteQueue();
+  #state: "header" | "block" | "checksum" | "done" = "header";
+  #flg = 0;
+  #maxBlock = 0;
+  #contentSize: number | undefined;
+  #hash = new Xxh32();
+  #total = 0;
+  #history: Uint8Array | undefined; // linked blocks: last 64 KiB of output
+
+  /** Feeds encoded bytes; returns the decoded bytes ready so far. */
+  push(chunk: Uint8Array): Uint8Array[] {
+    if (this.#state === "done") {
+      if (chunk.length > 0) throw new SyntaxError("Cannot decode LZ4 frame: data after frame end");
+      return [];
+    }
+    this.#q.push(chunk);
+    const out: Uint8Array[] = [];
+    for (;;) {
+      if (this.#state === "header") {
+        if (!this.#parseHeader()) break;
+      } else if (this.#state === "block") {
+        if (this.#q.length < 4) break;
+        const b0 = this.#q.peekByte(0), b1 = this.#q.peekByte(1);
+        const b2 = this.#q.peekByte(2), b3 = this.#q.peekByte(3);
+        const word = (b0 | (b1 << 8) | (b2 << 16) | (b3 << 24)) >>> 0;
+        if (word === 0) {
+          this.#q.take(4);
+          this.#state = "checksum";
+          continue;
+        }
+        const size = (word & ~STORED_BIT) >>> 0;
+        if (size > this.#maxBlock) {
+          throw new SyntaxError(
+            `Cannot decode LZ4 frame: block of ${size} bytes exceeds ${this.#maxBlock}`,
+          );
+        }
+        const blockChecksum = (this.#flg & 0x10) !== 0 ? 4 : 0;
+        if (this.#q.length < 4 + size + blockChecksum) break;
+        this.#q.take(4);
+        const data = this.#q.take(size);
+        if (blockChecksum) {
+          const want = new DataView(this.#q.take(4).slice().buffer).getUint32(0, true);
+          if (xxh32(data) !== want) {
+            throw new SyntaxError("Cannot decode LZ4 frame: block checksum mismatch");
+          }
+        }
+        const decoded = (word & STORED_BIT) !== 0 ? data.slice() : this.#decodeBlock(data);
+        this.#hash.update(decoded);
+        this.#total += decoded.length;
+        out.push(decoded);
+      } else if (this.#state === "checksum") {
+        const need = (this.#flg & 0x04) !== 0 ? 4 : 0;
+        if (this.#q.length < need) break;
+        if (need) {
+          const want = new DataView(this.#q.take(4).slice().buffer).getUint32(0, true);
+          if (this.#hash.digest() !== want) {
+            throw new SyntaxError("Cannot decode LZ4 frame: content checksum mismatch");
+          }
+        }
+        if (this.#contentSize !== undefined && this.#contentSize !== this.#total) {
+          throw new SyntaxError(
+            `Cannot decode LZ4 frame: content size is ${this.#total}, header says ${this.#contentSize}`,
+          );
+        }
+        this.#state = "done";
+        if (this.#q.length > 0) {
+          throw new SyntaxError("Cannot decode LZ4 frame: data after frame end");
+        }
+        break;
+      } else break;
+    }
+    return out;
+  }
+
+  /** Checks that a whole frame was read. @throws {SyntaxError} If the frame is incomplete. */
+  finish(): void {
+    if (this.#state !== "done") {
+      throw new SyntaxError("Cannot decode LZ4 frame: unexpected end of data");
+    }
+  }
+
+  #parseHeader(): boolean {
+    if (this.#q.length < 7) return false;
+    const magic = (this.#q.peekByte(0) | (this.#q.peekByte(1) << 8) |
+      (this.#q.peekByte(2) << 16) | (this.#q.peekByte(3) << 24)) >>> 0;
+    if (magic !== LZ4_FRAME_MAGIC) {
+      throw new SyntaxError(`Cannot decode LZ4 frame: bad magic 0x${magic.toString(16)}`);
+    }
+    const flg = this.#q.peekByte(4);
+    const len = 7 + ((flg & 0x08) ? 8 : 0) + ((flg & 0x01) ? 4 : 0);
+    if (this.#q.length < len) return false;
+    const h = this.#q.take(len);
+    if ((flg >>> 6) !== 1) throw new SyntaxError("Cannot decode LZ4 frame: unsupported version");
+    if ((flg & 0x02) !== 0 || (h[5] & 0x8f) !== 0) {
+      throw new SyntaxError("Cannot decode LZ4 frame: reserved bits set");
+    }
+    const max = MAX_BLOCK_SIZES[(h[5] >>> 4) & 7];
+    if (max === undefined) throw new SyntaxError("Cannot decode LZ4 frame: invalid block size");
+    if (((xxh32(h.subarray(4, len - 1)) >>> 8) & 0xff) !== h[len - 1]) {
+      throw new SyntaxError("Cannot decode LZ4 frame: header checksum mismatch");
+    }
+    if (flg & 0x08) {
+      const v = new DataView(h.buffer, h.byteOffset + 6, 8);
+      this.#contentSize = v.getUint32(0, true) + v.getUint32(4, true) * 2 ** 32;
+    }
+    this.#flg = flg;
+    this.#maxBlock = max;
+    if ((flg & 0x20) === 0) this.#history = new Uint8Array(0);
+    this.#state = "block";
+    return true;
+  }
+
+  #decodeBlock(data: Uint8Array): Uint8Array {
+    if (this.#history === undefined) return decompressIndependentBlock(data, this.#maxBlock);
+    // Linked blocks: matches may reach up to 64 KiB back into earlier output.
+    const hist = this.#history;
+    const dst = new Uint8Array(hist.length + this.#maxBlock);
+    dst.set(hist);
+    const end = decodeBlockInto(data, dst, hist.length);
+    const out = dst.slice(hist.length, end);
+    this.#history = dst.slice(Math.max(0, end - 65536), end);
+    return out;
+  }
+}
+
+/** Decompresses one whole LZ4 frame. @throws {SyntaxError} If `data` is not exactly one valid frame. */
+export function lz4Decompress(data: Uint8Array): Uint8Array {
+  const dec = new Lz4FrameDecoder();
+  const out = dec.push(data);
+  dec.finish();
+  return concat(out.length ? out : [new Uint8Array(0)]);
+}
+
+/** A TransformStream that decodes exactly one LZ4 frame; it errors on anything invalid. */
+export function lz4DecompressStream(): TransformStream<Uint8Array, Uint8Array> {
+  const dec = new Lz4FrameDecoder();
+  return new TransformStream({
+    transform(chunk, ctl) {
+      for (const b of dec.push(chunk)) ctl.enqueue(b);
+    },
+    flush() {
+      dec.finish();
+    },
+  });
+}

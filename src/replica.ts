@@ -1,0 +1,360 @@
+/**
+ * Replica: ships one database's shadow WAL to one {@linkcode ReplicaClient}, takes snapshots
+ * and enforces retention. The position only advances after the store acknowledged a write.
+ *
+ * @module
+ */
+import type { Db } from "./db.ts";
+import { formatPos, type Pos } from "./pos.ts";
+import {
+  type CallOptions,
+  readAll,
+  type ReplicaClient,
+  type SnapshotInfo,
+  sortedSnapshots,
+  sortedWalSegments,
+} from "./replica_client.ts";
+import { lz4Compress, lz4CompressStream, lz4Decompress } from "./lz4.ts";
+import { delay, Mutex, type Wakeup } from "./internal/delay.ts";
+import { describeError } from "./errors.ts";
+import { type Logger, silentLogger } from "./log.ts";
+import { newReplicaMetrics, type ReplicaMetrics } from "./metrics.ts";
+
+export const DEFAULT_SYNC_INTERVAL_MS = 1_000;
+export const DEFAULT_RETENTION_MS = 24 * 3600_000;
+export const DEFAULT_RETENTION_CHECK_INTERVAL_MS = 3600_000;
+
+/** Segments above this size are streamed instead of compressed in memory. */
+const STREAM_SEGMENT_BYTES = 16 << 20;
+
+/** Options of {@linkcode Replica}. */
+export interface ReplicaOptions {
+  /** Unique per database. @default {the client's type} */
+  name?: string;
+  /**
+   * Least time between two uploads. When not set, a file replica uploads on every change
+   * and other replicas wait 1 s between uploads (to bound request costs).
+   */
+  syncIntervalMs?: number;
+  /** Keep snapshots (and the WAL after them) this long; 0 disables retention. @default {24 h} */
+  retentionMs?: number;
+  /** How often retention is enforced. @default {1 h} */
+  retentionCheckIntervalMs?: number;
+  /** Take a snapshot this often when the database changed; 0 disables. @default {0} */
+  snapshotIntervalMs?: number;
+  logger?: Logger;
+}
+
+/** Ships one database to one replica client. */
+export class Replica implements AsyncDisposable {
+  readonly db: Db;
+  readonly client: ReplicaClient;
+  readonly name: string;
+  readonly syncIntervalMs: number;
+  readonly retentionMs: number;
+  readonly retentionCheckIntervalMs: number;
+  readonly snapshotIntervalMs: number;
+  readonly metrics: ReplicaMetrics;
+  readonly log: Logger;
+
+  #pos?: Pos;
+  #lock = new Mutex();
+  #lastSnapshotPos?: Pos;
+  #abort?: AbortController;
+  #loops: Promise<void>[] = [];
+  #wake?: Wakeup;
+
+  constructor(db: Db, client: ReplicaClient, options: ReplicaOptions = {}) {
+    this.db = db;
+    this.client = client;
+    this.name = options.name ?? client.type;
+    this.syncIntervalMs = options.syncIntervalMs ??
+      (client.type === "file" ? 0 : DEFAULT_SYNC_INTERVAL_MS);
+    this.retentionMs = options.retentionMs ?? DEFAULT_RETENTION_MS;
+    this.retentionCheckIntervalMs = Math.min(
+      options.retentionCheckIntervalMs ?? DEFAULT_RETENTION_CHECK_INTERVAL_MS,
+      this.retentionMs > 0 ? this.retentionMs : Infinity,
+    );
+    this.snapshotIntervalMs = options.snapshotIntervalMs ?? 0;
+    this.log = (options.logger ?? silentLogger).with({ db: db.path, replica: this.name });
+    this.metrics = newReplicaMetrics(db.path, this.name);
+  }
+
+  /** The last position the store acknowledged, if known. */
+  pos(): Pos | undefined {
+    return this.#pos ? { ...this.#pos } : undefined;
+  }
+
+  /** Starts the upload loop (woken by the database), retention and snapshot timers. */
+  open(): void {
+    this.#abort = new AbortController();
+    const signal = this.#abort.signal;
+    this.#wake = this.db.subscribe();
+    this.#wake.notify(); // first pass right away
+    this.#loops.push(this.#monitor(signal));
+    if (this.retentionMs > 0) this.#loops.push(this.#every(this.retentionCheckIntervalMs, signal, () => this.enforceRetention({ signal })));
+    if (this.snapshotIntervalMs > 0) {
+      this.#loops.push(this.#every(this.snapshotIntervalMs, signal, async () => {
+        const pos = this.db.pos();
+        if (pos && !samePos(pos, this.#lastSnapshotPos)) await this.snapshot({ signal });
+      }));
+    }
+  }
+
+  /** Uploads everything the shadow WAL holds that the replica lacks. */
+  sync(options: CallOptions = {}): Promise<void> {
+    return this.#lock.run(() => this.#sync(options));
+  }
+
+  async #sync(options: CallOptions): Promise<void> {
+    const dpos = this.db.pos();
+    if (!dpos) return;
+    try {
+      if (!this.#pos || this.#pos.generation !== dpos.generation) {
+        await this.#resolvePos(dpos, options);
+        if (!this.#pos) return;
+      }
+      await this.#upload(options);
+    } catch (err) {
+      // Recompute the position from the store next time: never assume a write landed.
+      this.#pos = undefined;
+      this.metrics.syncErrorCount++;
+      throw err;
+    }
+  }
+
+  /** Finds where the store's copy of this generation ends, or starts it with a snapshot. */
+  async #resolvePos(dpos: Pos, options: CallOptions): Promise<void> {
+    const gen = dpos.generation;
+    const snapshots = await sortedSnapshots(this.client, gen, options);
+    if (snapshots.length === 0) {
+      await this.#snapshotLocked(options);
+      return;
+    }
+    const maxSnap = snapshots[snapshots.length - 1];
+    const segments = (await sortedWalSegments(this.client, gen, options))
+      .filter((s) => s.index >= maxSnap.index);
+    let pos: Pos;
+    if (segments.length === 0) {
+      pos = { generation: gen, index: maxSnap.index, offset: 0 };
+    } else {
+      const last = segments[segments.length - 1];
+      const data = lz4Decompress(await readAll(await this.client.openWalSegment(last, options)));
+      pos = { generation: gen, index: last.index, offset: last.offset + data.length };
+    }
+    // The store cannot be ahead of our own shadow WAL for the same generation.
+    if (pos.index > dpos.index || (pos.index === dpos.index && pos.offset > dpos.offset)) {
+      this.log.error("replica is ahead of the local shadow wal; starting a new generation", {
+        replicaPos: formatPos(pos),
+        dbPos: formatPos(dpos),
+      });
+      this.db.requestNewGeneration("replica ahead of shadow wal");
+      return;
+    }
+    try {
+      await this.db.shadowEnd(gen, pos.index);
+    } catch (err) {
+      if (!(err instanceof Deno.errors.NotFound)) throw err;
+      // The shadow files the store still needs are gone: start over from a snapshot.
+      await this.#snapshotLocked(options);
+      return;
+    }
+    this.#pos = pos;
+    this.#lastSnapshotPos = { generation: gen, index: maxSnap.index, offset: 0 };
+    this.#report();
+  }
+
+  async #upload(options: CallOptions): Promise<void> {
+    for (;;) {
+      options.signal?.throwIfAborted();
+      const pos = this.#pos!;
+      const dpos = this.db.pos();
+      if (!dpos || dpos.generation !== pos.generation) return;
+      const end = await this.db.shadowEnd(pos.generation, pos.index);
+      if (pos.offset >= end) {
+        if (pos.index < dpos.index) {
+          this.#pos = { ...pos, index: pos.index + 1, offset: 0 };
+          continue;
+        }
+        return;
+      }
+      const t0 = performance.now();
+      const size = end - pos.offset;
+      if (size <= STREAM_SEGMENT_BYTES) {
+        const raw = await this.db.readShadow(pos.generation, pos.index, pos.offset);
+        await this.client.writeWalSegment(pos, lz4Compress(raw.subarray(0, size)), options);
+      } else {
+        await this.client.writeWalSegment(pos, this.#shadowStream(pos, end), options);
+      }
+      this.#pos = { ...pos, offset: end };
+      this.metrics.walBytes += size;
+      this.#report();
+      this.log.debug("wal segment written", {
+        pos: formatPos(pos),
+        bytes: size,
+        elapsedMs: Math.round(performance.now() - t0),
+      });
+    }
+  }
+
+  #shadowStream(pos: Pos, end: number): ReadableStream<Uint8Array> {
+    const path = this.db.shadowWalPath(pos.generation, pos.index);
+    let file: Deno.FsFile | undefined;
+    let off = pos.offset;
+    const raw = new ReadableStream<Uint8Array>({
+      async pull(ctl) {
+        file ??= await Deno.open(path, { read: true });
+        if (off >= end) {
+          file.close();
+          ctl.close();
+          return;
+        }
+        const buf = new Uint8Array(Math.min(4 << 20, end - off));
+        await file.seek(off, Deno.SeekMode.Start);
+        const n = await file.read(buf);
+        if (n === null) throw new Error(`Shadow WAL "${path}" ended early at ${off}`);
+        off += n;
+        ctl.enqueue(buf.subarray(0, n));
+      },
+      cancel() {
+        file?.close();
+      },
+    });
+    return raw.pipeThrough(lz4CompressStream());
+  }
+
+  #report(): void {
+    this.db.setReplicaPos(this.name, this.#pos);
+    if (this.#pos) {
+      this.metrics.walIndex = this.#pos.index;
+      this.metrics.walOffset = this.#pos.offset;
+    }
+  }
+
+  /** Takes a snapshot now (uploading the WAL it depends on first). */
+  snapshot(options: CallOptions = {}): Promise<SnapshotInfo> {
+    return this.#lock.run(() => this.#snapshotLocked(options));
+  }
+
+  async #snapshotLocked(options: CallOptions): Promise<SnapshotInfo> {
+    return await this.db.snapshot(async (pos, data) => {
+      const t0 = performance.now();
+      // Upload this WAL index from offset 0 up to now before the snapshot itself: a restore
+      // from the snapshot always replays it, which also repairs pages a checkpoint by
+      // another process wrote while we read the database file.
+      if (!this.#pos || this.#pos.generation !== pos.generation || this.#pos.index !== pos.index) {
+        this.#pos = { generation: pos.generation, index: pos.index, offset: 0 };
+      }
+      await this.#upload(options);
+      const info = await this.client.writeSnapshot(
+        { generation: pos.generation, index: pos.index },
+        data.pipeThrough(lz4CompressStream()),
+        options,
+      );
+      this.#lastSnapshotPos = this.db.pos();
+      this.log.info("snapshot written", {
+        pos: formatPos(pos),
+        size: info.size,
+        elapsedMs: Math.round(performance.now() - t0),
+      });
+      return info;
+    });
+  }
+
+  /**
+   * Deletes what the retention period no longer needs: whole generations without a
+   * retained snapshot, and in the others the snapshots and WAL before the oldest retained
+   * snapshot. The newest snapshot of the current generation is always kept; a new one is
+   * taken only if none is retained and the database changed since.
+   */
+  async enforceRetention(options: CallOptions = {}): Promise<void> {
+    if (this.retentionMs <= 0) return;
+    await this.#lock.run(async () => {
+      const dpos = this.db.pos();
+      const cutoff = Date.now() - this.retentionMs;
+      for (const gen of await this.client.generations(options)) {
+        const snaps = await sortedSnapshots(this.client, gen, options);
+        let retained = snaps.filter((s) => s.createdAt.getTime() >= cutoff);
+        if (gen === dpos?.generation && retained.length === 0) {
+          if (!samePos(dpos, this.#lastSnapshotPos) && this.#pos) {
+            retained = [await this.#snapshotLocked(options)];
+          } else if (snaps.length > 0) {
+            retained = [snaps[snaps.length - 1]]; // idle: keep the newest, upload nothing
+          }
+        }
+        if (retained.length === 0) {
+          if (gen !== dpos?.generation) {
+            await this.client.deleteGeneration(gen, options);
+            this.log.info("generation deleted", { generation: gen });
+          }
+          continue;
+        }
+        const min = retained[0].index;
+        for (const s of snaps) {
+          if (s.index < min) await this.client.deleteSnapshot(s, options);
+        }
+        const old = (await sortedWalSegments(this.client, gen, options)).filter((s) => s.index < min);
+        if (old.length > 0) {
+          await this.client.deleteWalSegments(old, options);
+          this.log.info("wal segments deleted", { generation: gen, before: min, count: old.length });
+        }
+      }
+    });
+  }
+
+  async #monitor(signal: AbortSignal): Promise<void> {
+    let backoff = 0;
+    let last = 0;
+    while (!signal.aborted) {
+      if (backoff > 0) await this.#wake!.wait(backoff, signal);
+      else await this.#wake!.wait(undefined, signal);
+      if (signal.aborted) break;
+      const wait = last + this.syncIntervalMs - performance.now();
+      if (wait > 0) await delay(wait, { signal }).catch(() => {});
+      if (signal.aborted) break;
+      last = performance.now();
+      try {
+        await this.sync({ signal });
+        backoff = 0;
+      } catch (err) {
+        if (signal.aborted) break;
+        backoff = Math.min(backoff ? backoff * 2 : 1000, 60_000);
+        this.log.error("replica sync failed", { error: describeError(err), retryInMs: backoff });
+      }
+    }
+  }
+
+  async #every(ms: number, signal: AbortSignal, fn: () => Promise<void>): Promise<void> {
+    while (!signal.aborted) {
+      try {
+        await delay(ms, { signal });
+      } catch {
+        break;
+      }
+      try {
+        await fn();
+      } catch (err) {
+        if (signal.aborted) break;
+        this.log.error("replica maintenance failed", { error: describeError(err) });
+      }
+    }
+  }
+
+  /** Stops the loops after one last upload of everything synced so far. */
+  async close(): Promise<void> {
+    this.#abort?.abort();
+    await Promise.all(this.#loops);
+    this.#loops = [];
+    if (this.#wake) this.db.unsubscribe(this.#wake);
+    await this.sync();
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+function samePos(a: Pos | undefined, b: Pos | undefined): boolean {
+  return !!a && !!b && a.generation === b.generation && a.index === b.index &&
+    a.offset === b.offset;
+}

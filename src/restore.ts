@@ -1,0 +1,435 @@
+/**
+ * Restore: rebuild a database from a replica, at its latest state or at a point in time.
+ *
+ * Differences from v0.3.13, all in the direction of refusing rather than guessing: a
+ * requested generation or index that does not exist is an error; a missing WAL index, a
+ * gap or overlap between segments, a broken checksum chain or a segment that does not
+ * end on a commit is an error naming the object; the result must pass
+ * `PRAGMA integrity_check` before it is renamed into place, and an existing file at the
+ * output path is never replaced.
+ *
+ * @module
+ */
+import {
+  type ReplicaClient,
+  readAll,
+  type SnapshotInfo,
+  sortedSnapshots,
+  sortedWalSegments,
+  type WalSegmentInfo,
+} from "./replica_client.ts";
+import { lz4Decompress, lz4DecompressStream } from "./lz4.ts";
+import {
+  decodeDbPageSize,
+  decodeWalHeader,
+  isWalHeaderChecksumValid,
+  scanWalFrames,
+  WAL_FRAME_HEADER_SIZE,
+  WAL_HEADER_SIZE,
+  walFrameSize,
+} from "./wal.ts";
+import { formatWalSegmentName } from "./layout.ts";
+import { hex8 } from "./pos.ts";
+import { NoBackupError, ReplicaIntegrityError } from "./errors.ts";
+import { absPath, dirname, exists, fsyncDir } from "./internal/fs.ts";
+import { type Logger, silentLogger } from "./log.ts";
+import { Connection } from "./sqlite.ts";
+
+export const DEFAULT_RESTORE_PARALLELISM = 8;
+
+/** What to restore. */
+export interface RestoreTargetOptions {
+  signal?: AbortSignal;
+  /** Restore this generation only; it must exist. @default {the one updated last} */
+  generation?: string;
+  /** Restore up to and including this WAL index; it must exist. @default {no limit} */
+  index?: number;
+  /** Restore the state as of this time (segment granularity). @default {latest} */
+  timestamp?: Date;
+}
+
+/** Options of {@linkcode restore}. */
+export interface RestoreOptions extends RestoreTargetOptions {
+  /** Path to restore into; must not exist. */
+  outputPath: string;
+  /** WAL segments downloaded at once. @default {8} */
+  parallelism?: number;
+  /** Skip `PRAGMA integrity_check` on the result. @default {false} */
+  skipIntegrityCheck?: boolean;
+  logger?: Logger;
+}
+
+/** The snapshot and WAL segments a restore will apply. */
+export interface RestoreTarget {
+  generation: string;
+  snapshot: SnapshotInfo;
+  /** Segments to apply in order, all with index ≥ the snapshot's. */
+  segments: WalSegmentInfo[];
+  /** Time of the newest file in the generation. */
+  updatedAt: Date;
+}
+
+/** Summary of a finished restore. */
+export interface RestoreResult extends RestoreTarget {
+  outputPath: string;
+  /** Final WAL index applied (the snapshot's when no segment was applied). */
+  index: number;
+  bytes: number;
+}
+
+interface GenerationInfo {
+  generation: string;
+  snapshots: SnapshotInfo[];
+  segments: WalSegmentInfo[];
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+async function generationInfo(
+  client: ReplicaClient,
+  generation: string,
+  signal?: AbortSignal,
+): Promise<GenerationInfo | undefined> {
+  const snapshots = await sortedSnapshots(client, generation, { signal });
+  const segments = await sortedWalSegments(client, generation, { signal });
+  const times = [...snapshots, ...segments].map((x) => x.createdAt.getTime());
+  if (times.length === 0) return undefined;
+  return {
+    generation,
+    snapshots,
+    segments,
+    createdAt: new Date(Math.min(...times)),
+    updatedAt: new Date(Math.max(...times)),
+  };
+}
+
+/**
+ * Chooses the generation, snapshot and WAL segments for a restore, as v0.3.13 does, but
+ * never falls back silently: a named generation or index that does not exist is an error.
+ *
+ * @throws {NoBackupError} If nothing matches.
+ */
+export async function calcRestoreTarget(
+  client: ReplicaClient,
+  options: RestoreTargetOptions = {},
+): Promise<RestoreTarget> {
+  const { signal, generation, index, timestamp } = options;
+  const all = await client.generations({ signal });
+  if (generation !== undefined && !all.includes(generation)) {
+    throw new NoBackupError(`Generation "${generation}" not found in replica "${client.location}"`);
+  }
+  const infos: GenerationInfo[] = [];
+  for (const g of generation !== undefined ? [generation] : all) {
+    const info = await generationInfo(client, g, signal);
+    if (info) infos.push(info);
+  }
+  if (infos.length === 0) {
+    throw new NoBackupError(`No backups found in replica "${client.location}"`);
+  }
+  let candidates = infos.filter((i) => i.snapshots.length > 0);
+  if (timestamp) {
+    const t = timestamp.getTime();
+    candidates = candidates.filter((i) =>
+      i.createdAt.getTime() <= t && t <= i.updatedAt.getTime() &&
+      i.snapshots.some((s) => s.createdAt.getTime() <= t)
+    );
+    if (candidates.length === 0) {
+      const ranges = infos.map((i) =>
+        `${i.generation} ${i.createdAt.toISOString()}..${i.updatedAt.toISOString()}`
+      ).join(", ");
+      throw new NoBackupError(
+        `No backup in replica "${client.location}" covers ${timestamp.toISOString()} (available: ${ranges})`,
+      );
+    }
+  }
+  if (candidates.length === 0) {
+    throw new NoBackupError(`No snapshot found in replica "${client.location}"`);
+  }
+  // The generation updated last wins; on a tie, the first listed (as v0.3.13).
+  const pick = candidates.reduce((a, b) => (b.updatedAt > a.updatedAt ? b : a));
+
+  let snaps = pick.snapshots;
+  if (index !== undefined) snaps = snaps.filter((s) => s.index <= index);
+  if (timestamp) snaps = snaps.filter((s) => s.createdAt.getTime() <= timestamp.getTime());
+  if (snaps.length === 0) {
+    throw new NoBackupError(
+      `No snapshot in generation "${pick.generation}" at or before ${
+        index !== undefined ? `index ${hex8(index)}` : timestamp!.toISOString()
+      }`,
+    );
+  }
+  const snapshot = timestamp
+    ? snaps.reduce((a, b) => (b.createdAt >= a.createdAt ? b : a))
+    : snaps[snaps.length - 1];
+
+  const segments: WalSegmentInfo[] = [];
+  for (const s of pick.segments) {
+    if (s.index < snapshot.index) continue;
+    if (index !== undefined && s.index > index) break;
+    if (timestamp && s.createdAt.getTime() > timestamp.getTime()) break;
+    segments.push(s);
+  }
+  if (index !== undefined) {
+    const highest = Math.max(snapshot.index, ...pick.segments.map((s) => s.index));
+    if (index > highest) {
+      throw new NoBackupError(
+        `Index ${hex8(index)} not found in generation "${pick.generation}" (highest is ${hex8(highest)})`,
+      );
+    }
+  }
+  checkSegmentsContinuity(pick.generation, snapshot.index, segments);
+  return { generation: pick.generation, snapshot, segments, updatedAt: pick.updatedAt };
+}
+
+/** Every WAL index from the snapshot's to the last must be present and start at offset 0. */
+function checkSegmentsContinuity(gen: string, from: number, segments: WalSegmentInfo[]): void {
+  if (segments.length === 0) return;
+  const last = segments[segments.length - 1].index;
+  let i = 0;
+  for (let idx = from; idx <= last; idx++) {
+    if (i >= segments.length || segments[i].index !== idx) {
+      throw new ReplicaIntegrityError(
+        `Replica is missing WAL index ${hex8(idx)} of generation "${gen}"`,
+      );
+    }
+    if (segments[i].offset !== 0) {
+      throw new ReplicaIntegrityError(
+        `Replica is missing WAL segment ${gen}/${formatWalSegmentName(idx, 0)}`,
+      );
+    }
+    while (i < segments.length && segments[i].index === idx) i++;
+  }
+}
+
+/**
+ * Restores a database from `client` into `options.outputPath`, which must not exist.
+ *
+ * Writes to a temporary file beside it, applies the WAL after validating every checksum,
+ * checks `PRAGMA integrity_check`, then links the file into place (atomically refusing to
+ * replace a file created meanwhile).
+ *
+ * @throws {NoBackupError} If the replica has nothing matching.
+ * @throws {ReplicaIntegrityError} If a piece of the replica is missing or corrupt.
+ * @throws {Deno.errors.AlreadyExists} If the output path exists.
+ */
+export async function restore(client: ReplicaClient, options: RestoreOptions): Promise<RestoreResult> {
+  const out = absPath(options.outputPath);
+  const log = (options.logger ?? silentLogger).with({ output: out });
+  const signal = options.signal;
+  if (await exists(out)) {
+    throw new Deno.errors.AlreadyExists(`Cannot restore to "${out}": file already exists`);
+  }
+  if (!(await exists(dirname(out)))) {
+    throw new Deno.errors.NotFound(`Cannot restore to "${out}": directory does not exist`);
+  }
+  const target = await calcRestoreTarget(client, options);
+  const tmp = `${out}.${crypto.randomUUID().slice(0, 8)}.tmp`;
+  const t0 = performance.now();
+  let bytes = 0;
+  let index = target.snapshot.index;
+  try {
+    log.info("restoring snapshot", {
+      generation: target.generation,
+      index: hex8(target.snapshot.index),
+    });
+    const pageSize = await writeSnapshot(client, target, tmp, signal);
+    using file = await Deno.open(tmp, { read: true, write: true });
+    // Download ahead in parallel, apply strictly in order.
+    const par = Math.max(1, options.parallelism ?? DEFAULT_RESTORE_PARALLELISM);
+    const pending = target.segments.map(() => undefined as Promise<Uint8Array> | undefined);
+    const fetchSeg = (i: number) =>
+      pending[i] ??= client.openWalSegment(target.segments[i], { signal }).then(readAll).then(
+        (d) => {
+          try {
+            return lz4Decompress(d);
+          } catch (err) {
+            throw new ReplicaIntegrityError(
+              `WAL segment ${segName(target.segments[i])} is corrupt`,
+              { cause: err },
+            );
+          }
+        },
+      );
+    let i = 0;
+    while (i < target.segments.length) {
+      const idx = target.segments[i].index;
+      const parts: Uint8Array[] = [];
+      let expected = 0;
+      for (; i < target.segments.length && target.segments[i].index === idx; i++) {
+        for (let k = i; k < Math.min(target.segments.length, i + par); k++) fetchSeg(k);
+        const seg = target.segments[i];
+        if (seg.offset !== expected) {
+          throw new ReplicaIntegrityError(
+            seg.offset > expected
+              ? `Replica is missing WAL bytes ${expected}..${seg.offset} of index ${hex8(idx)} in generation "${target.generation}" (before ${segName(seg)})`
+              : `WAL segment ${segName(seg)} overlaps the previous segment`,
+          );
+        }
+        const data = await fetchSeg(i);
+        pending[i] = undefined; // free memory once consumed
+        parts.push(data);
+        expected += data.length;
+        bytes += data.length;
+      }
+      await applyWal(file, joinParts(parts, expected), pageSize, target.generation, idx);
+      index = idx;
+      log.debug("applied wal", { index: hex8(idx) });
+    }
+    await file.sync();
+    file.close();
+    if (!options.skipIntegrityCheck) checkIntegrity(tmp);
+    // link() fails if the output appeared meanwhile: we never replace a file.
+    await Deno.link(tmp, out);
+    await Deno.remove(tmp);
+    await fsyncDir(dirname(out));
+  } catch (err) {
+    for (const p of [tmp, `${tmp}-wal`, `${tmp}-shm`]) await Deno.remove(p).catch(() => {});
+    throw err;
+  }
+  log.info("restored", {
+    generation: target.generation,
+    index: hex8(index),
+    elapsedMs: Math.round(performance.now() - t0),
+  });
+  return { ...target, outputPath: out, index, bytes };
+}
+
+function segName(s: WalSegmentInfo): string {
+  return `${s.generation}/${formatWalSegmentName(s.index, s.offset)}`;
+}
+
+function joinParts(parts: Uint8Array[], n: number): Uint8Array {
+  if (parts.length === 1) return parts[0];
+  const out = new Uint8Array(n);
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+async function writeSnapshot(
+  client: ReplicaClient,
+  target: RestoreTarget,
+  tmp: string,
+  signal?: AbortSignal,
+): Promise<number> {
+  const name = `${target.generation}/${hex8(target.snapshot.index)} snapshot`;
+  using file = await Deno.open(tmp, { write: true, createNew: true, mode: 0o644 });
+  let head: Uint8Array | undefined;
+  let size = 0;
+  try {
+    const stream = (await client.openSnapshot(target.snapshot, { signal }))
+      .pipeThrough(lz4DecompressStream());
+    for await (const chunk of stream) {
+      if (!head) head = chunk.slice(0, 100);
+      else if (head.length < 100) head = joinParts([head, chunk.slice(0, 100 - head.length)], Math.min(100, head.length + chunk.length));
+      let o = 0;
+      while (o < chunk.length) o += await file.write(chunk.subarray(o));
+      size += chunk.length;
+    }
+  } catch (err) {
+    if (err instanceof SyntaxError) {
+      throw new ReplicaIntegrityError(`Snapshot ${name} is corrupt`, { cause: err });
+    }
+    throw err;
+  }
+  let pageSize: number;
+  try {
+    pageSize = decodeDbPageSize(head ?? new Uint8Array(0));
+  } catch (err) {
+    throw new ReplicaIntegrityError(`Snapshot ${name} is not a SQLite database`, { cause: err });
+  }
+  if (size % pageSize !== 0) {
+    throw new ReplicaIntegrityError(
+      `Snapshot ${name} is ${size} bytes, not a whole number of ${pageSize}-byte pages`,
+    );
+  }
+  return pageSize;
+}
+
+/**
+ * Applies one WAL index (header plus frames) to the database file, exactly as a checkpoint
+ * would: the newest committed image of each page, then the size of the last commit.
+ */
+async function applyWal(
+  file: Deno.FsFile,
+  wal: Uint8Array,
+  pageSize: number,
+  generation: string,
+  index: number,
+): Promise<void> {
+  const what = `WAL index ${hex8(index)} of generation "${generation}"`;
+  if (wal.length < WAL_HEADER_SIZE || !safeHeaderValid(wal)) {
+    throw new ReplicaIntegrityError(`${what} has an invalid WAL header`);
+  }
+  const header = decodeWalHeader(wal);
+  if (header.pageSize !== pageSize) {
+    throw new ReplicaIntegrityError(
+      `${what} has page size ${header.pageSize}, the snapshot has ${pageSize}`,
+    );
+  }
+  const frames = wal.subarray(WAL_HEADER_SIZE);
+  const fs = walFrameSize(pageSize);
+  if (frames.length % fs !== 0) {
+    throw new ReplicaIntegrityError(`${what} ends inside a frame (${wal.length} bytes)`);
+  }
+  const scan = scanWalFrames(frames, header, [header.checksum1, header.checksum2]);
+  if (scan.committedBytes !== frames.length) {
+    const bad = scan.stop === "end" ? "does not end on a commit" : `has a broken ${scan.stop === "salt" ? "salt" : "checksum"} at frame ${scan.validFrames + 1}`;
+    throw new ReplicaIntegrityError(`${what} ${bad}`);
+  }
+  if (frames.length === 0) return;
+  // Newest image of each page wins; write them in page order, coalescing neighbours.
+  const latest = new Map<number, number>();
+  const view = new DataView(frames.buffer, frames.byteOffset, frames.byteLength);
+  for (let off = 0; off < frames.length; off += fs) latest.set(view.getUint32(off), off);
+  const pgnos = [...latest.keys()].sort((a, b) => a - b);
+  const dbPages = scan.commitSize;
+  let run: Uint8Array[] = [];
+  let runStart = -1;
+  let runNext = -1;
+  const flush = async () => {
+    if (run.length === 0) return;
+    await file.seek((runStart - 1) * pageSize, Deno.SeekMode.Start);
+    const buf = joinParts(run, run.length * pageSize);
+    let o = 0;
+    while (o < buf.length) o += await file.write(buf.subarray(o));
+    run = [];
+  };
+  for (const pgno of pgnos) {
+    if (pgno > dbPages) continue; // truncated away by the last commit
+    const off = latest.get(pgno)! + WAL_FRAME_HEADER_SIZE;
+    if (pgno !== runNext) {
+      await flush();
+      runStart = pgno;
+    }
+    run.push(frames.subarray(off, off + pageSize));
+    runNext = pgno + 1;
+  }
+  await flush();
+  await file.truncate(dbPages * pageSize);
+}
+
+function safeHeaderValid(bytes: Uint8Array): boolean {
+  try {
+    return isWalHeaderChecksumValid(bytes);
+  } catch {
+    return false;
+  }
+}
+
+/** Runs `PRAGMA integrity_check` on a restored file. @throws {ReplicaIntegrityError} */
+function checkIntegrity(path: string): void {
+  const conn = new Connection(path, { busyTimeoutMs: 5000 });
+  try {
+    const row = conn.get<Record<string, string>>("PRAGMA integrity_check");
+    const result = row ? String(Object.values(row)[0]) : "no result";
+    if (result !== "ok") {
+      throw new ReplicaIntegrityError(`Restored database fails integrity_check: ${result}`);
+    }
+  } finally {
+    conn.close();
+  }
+}
