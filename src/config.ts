@@ -368,12 +368,16 @@ function shellName(s: string): [string, number] {
  * @param explicit The `-config` flag's value, if any.
  * @returns The path (with `~` expanded and made absolute), and whether the user chose it
  *   (flag or variable), so a caller can treat a missing default file differently.
+ * @throws {ConfigError} If the path starts with `~` and there is no home directory.
  */
 export function configPathFromEnv(explicit?: string): { path: string; explicit: boolean } {
-  if (explicit) return { path: expandPath(explicit, Deno.cwd(), homeDir()), explicit: true };
-  const fromEnv = Deno.env.get("LITESTREAM_CONFIG");
-  if (fromEnv) return { path: expandPath(fromEnv, Deno.cwd(), homeDir()), explicit: true };
-  return { path: DEFAULT_CONFIG_PATH, explicit: false };
+  const chosen = explicit || Deno.env.get("LITESTREAM_CONFIG");
+  if (!chosen) return { path: DEFAULT_CONFIG_PATH, explicit: false };
+  try {
+    return { path: expandPath(chosen, Deno.cwd(), homeDir()), explicit: true };
+  } catch (err) {
+    throw new ConfigError(`cannot use config file "${chosen}"`, { cause: err });
+  }
 }
 
 /**
@@ -422,7 +426,7 @@ export function parseConfig(text: string, options: ParseConfigOptions): Config {
     : expandEnvMapped(text, env);
   const parser = new ConfigParser(options.path, text, expanded.toOriginal, {
     cwd: options.cwd ?? Deno.cwd(),
-    home: options.home,
+    home: options.home ?? homeDir(),
   });
   return parser.parse(expanded.text);
 }
@@ -439,8 +443,12 @@ export function replicaConfigFromUrl(url: string, options: ReplicaUrlOptions = {
   const cwd = options.cwd ?? Deno.cwd();
   const home = options.home ?? homeDir();
   if (!URL_REGEXP.test(url)) {
-    if (url === "") throw new UsageError("Replica URL is empty");
-    return { type: "file", path: expandPath(url, cwd, home) };
+    if (url === "") throw new UsageError("replica URL is empty");
+    try {
+      return { type: "file", path: expandPath(url, cwd, home) };
+    } catch (err) {
+      throw new UsageError(`cannot use replica path "${url}"`, { cause: err });
+    }
   }
   const result = checkReplicaUrl(url);
   if (typeof result === "string") throw new UsageError(result);
@@ -499,6 +507,7 @@ function expandPath(path: string, cwd: string, home: string | undefined): string
   return resolve(cwd, path);
 }
 
+/** `$HOME` (or `%USERPROFILE%`), if set. */
 function homeDir(): string | undefined {
   return Deno.env.get("HOME") || Deno.env.get("USERPROFILE") || undefined;
 }
@@ -563,10 +572,10 @@ class ConfigParser {
     for (const entry of top) {
       switch (entry.key) {
         case "addr":
-          config.addr = this.#addr(entry);
+          setIfDefined(config, "addr", this.#addr(entry));
           break;
         case "exec":
-          config.exec = this.#string(entry, entry.key) || undefined;
+          setIfDefined(config, "exec", this.#string(entry, entry.key) || undefined);
           break;
         case "access-key-id":
           globalKeys.accessKeyId = this.#string(entry, entry.key) || undefined;
@@ -651,19 +660,19 @@ class ConfigParser {
           break;
         }
         case "monitor-interval":
-          db.monitorIntervalMs = this.#duration(e, key, "non-negative");
+          setIfDefined(db, "monitorIntervalMs", this.#duration(e, key, "non-negative"));
           break;
         case "checkpoint-interval":
-          db.checkpointIntervalMs = this.#duration(e, key, "non-negative");
+          setIfDefined(db, "checkpointIntervalMs", this.#duration(e, key, "non-negative"));
           break;
         case "busy-timeout":
-          db.busyTimeoutMs = this.#duration(e, key, "non-negative");
+          setIfDefined(db, "busyTimeoutMs", this.#duration(e, key, "non-negative"));
           break;
         case "min-checkpoint-page-count":
-          db.minCheckpointPageCount = this.#integer(e, key, 1);
+          setIfDefined(db, "minCheckpointPageCount", this.#integer(e, key, 1));
           break;
         case "max-checkpoint-page-count":
-          db.maxCheckpointPageCount = this.#integer(e, key, 0);
+          setIfDefined(db, "maxCheckpointPageCount", this.#integer(e, key, 0));
           break;
         case "replicas":
           replicasEntry = e;
@@ -703,6 +712,10 @@ class ConfigParser {
     const text = (key: string) => {
       const e = get(key);
       return e ? this.#string(e, `${where}.${key}`) || undefined : undefined;
+    };
+    const flag = (key: string) => {
+      const e = get(key);
+      return e ? this.#bool(e, `${where}.${key}`) : undefined;
     };
 
     // The type comes first: every other check depends on it. The URL scheme wins.
@@ -764,31 +777,29 @@ class ConfigParser {
       if (url === undefined && bucket === undefined) {
         this.#fail(node, `${where} is an s3 replica and needs a bucket or a url`);
       }
-      if (path !== undefined) replica.path = path;
-      if (bucket !== undefined) replica.bucket = bucket;
-      const region = text("region");
-      if (region !== undefined) replica.region = region;
-      const endpoint = text("endpoint");
-      if (endpoint !== undefined) replica.endpoint = endpoint;
-      const forcePathStyle = get("force-path-style");
-      if (forcePathStyle) {
-        const v = this.#bool(forcePathStyle, `${where}.force-path-style`);
-        if (v !== undefined) replica.forcePathStyle = v;
-      }
-      const skipVerify = get("skip-verify");
-      if (skipVerify) {
-        const v = this.#bool(skipVerify, `${where}.skip-verify`);
-        if (v !== undefined) replica.skipVerify = v;
-      }
-      const accessKeyId = text("access-key-id") ?? globalKeys.accessKeyId;
-      if (accessKeyId !== undefined) replica.accessKeyId = accessKeyId;
-      const secretAccessKey = text("secret-access-key") ?? globalKeys.secretAccessKey;
-      if (secretAccessKey !== undefined) replica.secretAccessKey = secretAccessKey;
+      setIfDefined(replica, "path", path);
+      setIfDefined(replica, "bucket", bucket);
+      setIfDefined(replica, "region", text("region"));
+      setIfDefined(replica, "endpoint", text("endpoint"));
+      setIfDefined(replica, "forcePathStyle", flag("force-path-style"));
+      setIfDefined(replica, "skipVerify", flag("skip-verify"));
+      setIfDefined(replica, "accessKeyId", text("access-key-id") ?? globalKeys.accessKeyId);
+      setIfDefined(
+        replica,
+        "secretAccessKey",
+        text("secret-access-key") ?? globalKeys.secretAccessKey,
+      );
     }
 
     const name = text("name");
-    if (name !== undefined) replica.name = name;
-    const durations: [string, keyof ReplicaConfig, "positive" | "non-negative"][] = [
+    setIfDefined(replica, "name", name);
+    type DurationField =
+      | "retentionMs"
+      | "retentionCheckIntervalMs"
+      | "syncIntervalMs"
+      | "snapshotIntervalMs"
+      | "validationIntervalMs";
+    const durations: [string, DurationField, "positive" | "non-negative"][] = [
       ["retention", "retentionMs", "non-negative"],
       ["retention-check-interval", "retentionCheckIntervalMs", "positive"],
       ["sync-interval", "syncIntervalMs", "positive"],
@@ -798,7 +809,7 @@ class ConfigParser {
     for (const [key, field, sign] of durations) {
       const e = get(key);
       const ms = e ? this.#duration(e, `${where}.${key}`, sign) : undefined;
-      if (ms !== undefined) (replica as unknown as Record<string, number>)[field] = ms;
+      if (ms !== undefined) replica[field] = ms;
     }
     return { replica, nameNode: name !== undefined ? get("name")!.value ?? undefined : undefined };
   }
@@ -986,6 +997,15 @@ class ConfigParser {
     }
     return new ConfigError(`config "${this.#file}" line ${lo + 1}: ${message}`);
   }
+}
+
+/** Sets `target[key]` only if `value` is defined, so unset keys stay absent. */
+function setIfDefined<T extends object, K extends keyof T>(
+  target: T,
+  key: K,
+  value: T[K] | undefined,
+): void {
+  if (value !== undefined) target[key] = value;
 }
 
 function defaultLogging(): LoggingConfig {

@@ -25,10 +25,24 @@ import {
   walFrameSize,
   type WalHeader,
 } from "./wal.ts";
-import { defaultMetaPath, formatShadowWalName, isGenerationName, newGenerationName, parseShadowWalName } from "./layout.ts";
+import {
+  defaultMetaPath,
+  formatShadowWalName,
+  isGenerationName,
+  newGenerationName,
+  parseShadowWalName,
+} from "./layout.ts";
 import { formatPos, MAX_INDEX, type Pos } from "./pos.ts";
 import { type CheckpointMode, Connection, isBusyError, probeDatabaseFile } from "./sqlite.ts";
-import { absPath, dirname, exists, fsyncDir, mkdirp, readAt, writeFileAtomic } from "./internal/fs.ts";
+import {
+  absPath,
+  dirname,
+  exists,
+  fsyncDir,
+  mkdirp,
+  readAt,
+  writeFileAtomic,
+} from "./internal/fs.ts";
 import { delay, Mutex, Wakeup } from "./internal/delay.ts";
 import { type Logger, silentLogger } from "./log.ts";
 import { describeError } from "./errors.ts";
@@ -210,7 +224,7 @@ export class Db implements AsyncDisposable {
     const t0 = performance.now();
     try {
       let changed = false;
-      await this.#ensureWalExists();
+      this.#ensureWalExists();
       const wal = await this.#readWalHeader();
       const verdict = this.#forceNewGeneration
         ? { kind: "new" as const, reason: this.#forceNewGeneration }
@@ -318,7 +332,7 @@ export class Db implements AsyncDisposable {
     if (size < WAL_HEADER_SIZE) conn.run(UPSERT_SEQ);
   }
 
-  async #ensureWalExists(): Promise<void> {
+  #ensureWalExists(): void {
     this.#ensureWalExistsWith(this.#ckpt!);
   }
 
@@ -491,12 +505,15 @@ export class Db implements AsyncDisposable {
     if (this.truncatePageCount > 0 && walSize >= calcWalSize(ps, this.truncatePageCount)) {
       return "TRUNCATE";
     }
-    if (this.maxCheckpointPageCount > 0 && sh.size >= calcWalSize(ps, this.maxCheckpointPageCount)) {
+    if (
+      this.maxCheckpointPageCount > 0 && sh.size >= calcWalSize(ps, this.maxCheckpointPageCount)
+    ) {
       return "RESTART";
     }
     if (sh.size >= calcWalSize(ps, this.minCheckpointPageCount)) return "PASSIVE";
     if (
-      this.checkpointIntervalMs > 0 && Date.now() - this.#lastCheckpointAt >= this.checkpointIntervalMs &&
+      this.checkpointIntervalMs > 0 &&
+      Date.now() - this.#lastCheckpointAt >= this.checkpointIntervalMs &&
       sh.size > calcWalSize(ps, 1)
     ) return "PASSIVE";
     return undefined;
@@ -679,7 +696,9 @@ export class Db implements AsyncDisposable {
         watcher = Deno.watchFs(this.walPath, { recursive: false });
         signal.addEventListener("abort", onAbort, { once: true });
         for await (const ev of watcher) {
-          if (ev.kind === "modify" || ev.kind === "create" || ev.kind === "any") this.#wake.notify();
+          if (ev.kind === "modify" || ev.kind === "create" || ev.kind === "any") {
+            this.#wake.notify();
+          }
           if (ev.kind === "remove") break; // the WAL was replaced: watch the new one
         }
       } catch (err) {
@@ -722,13 +741,15 @@ export class Db implements AsyncDisposable {
     this.#abort?.abort();
     await this.#monitorDone;
     const errors: unknown[] = [];
-    try {
-      await this.sync();
-    } catch (err) {
-      errors.push(err);
+    if (this.#read) {
+      try {
+        await this.sync();
+      } catch (err) {
+        errors.push(err);
+      }
     }
     this.#closed = true;
-    await this.#syncLock.run(async () => {
+    await this.#syncLock.run(() => {
       try {
         if (this.#read?.inTransaction) this.#read.exec("ROLLBACK");
       } catch (err) {

@@ -355,6 +355,7 @@ class ByteQueue {
   }
 
   take(n: number): Uint8Array {
+    if (n === 0) return new Uint8Array(0);
     const first = this.#chunks[0];
     if (first.length - this.#head >= n) {
       const out = first.subarray(this.#head, this.#head + n);
@@ -393,7 +394,12 @@ class ByteQueue {
   }
 }
 
-const MAX_BLOCK_SIZES: Record<number, number> = { 4: 64 << 10, 5: 256 << 10, 6: 1 << 20, 7: 4 << 20 };
+const MAX_BLOCK_SIZES: Record<number, number> = {
+  4: 64 << 10,
+  5: 256 << 10,
+  6: 1 << 20,
+  7: 4 << 20,
+};
 
 /**
  * Streaming reader of exactly one LZ4 frame. Accepts every valid frame (independent or
@@ -447,7 +453,9 @@ export class Lz4FrameDecoder {
             throw new SyntaxError("Cannot decode LZ4 frame: block checksum mismatch");
           }
         }
-        const decoded = (word & STORED_BIT) !== 0 ? data.slice() : this.#decodeBlock(data);
+        const decoded = (word & STORED_BIT) !== 0
+          ? this.#storedBlock(data)
+          : this.#decodeBlock(data);
         this.#hash.update(decoded);
         this.#total += decoded.length;
         out.push(decoded);
@@ -513,6 +521,13 @@ export class Lz4FrameDecoder {
     return true;
   }
 
+  #storedBlock(data: Uint8Array): Uint8Array {
+    const out = data.slice();
+    // Linked blocks: later blocks may match into a stored block too.
+    if (this.#history !== undefined) this.#history = keepHistory(this.#history, out);
+    return out;
+  }
+
   #decodeBlock(data: Uint8Array): Uint8Array {
     if (this.#history === undefined) return decompressIndependentBlock(data, this.#maxBlock);
     // Linked blocks: matches may reach up to 64 KiB back into earlier output.
@@ -524,6 +539,16 @@ export class Lz4FrameDecoder {
     this.#history = dst.slice(Math.max(0, end - 65536), end);
     return out;
   }
+}
+
+/** Returns the last 64 KiB of `hist` followed by `out`: the window linked blocks may match into. */
+function keepHistory(hist: Uint8Array, out: Uint8Array): Uint8Array {
+  if (out.length >= 65536) return out.slice(out.length - 65536);
+  const keep = Math.min(hist.length, 65536 - out.length);
+  const next = new Uint8Array(keep + out.length);
+  next.set(hist.subarray(hist.length - keep));
+  next.set(out, keep);
+  return next;
 }
 
 /** Decompresses one whole LZ4 frame. @throws {SyntaxError} If `data` is not exactly one valid frame. */

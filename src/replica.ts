@@ -92,7 +92,11 @@ export class Replica implements AsyncDisposable {
     this.#wake = this.db.subscribe();
     this.#wake.notify(); // first pass right away
     this.#loops.push(this.#monitor(signal));
-    if (this.retentionMs > 0) this.#loops.push(this.#every(this.retentionCheckIntervalMs, signal, () => this.enforceRetention({ signal })));
+    if (this.retentionMs > 0) {
+      this.#loops.push(
+        this.#every(this.retentionCheckIntervalMs, signal, () => this.enforceRetention({ signal })),
+      );
+    }
     if (this.snapshotIntervalMs > 0) {
       this.#loops.push(this.#every(this.snapshotIntervalMs, signal, async () => {
         const pos = this.db.pos();
@@ -293,10 +297,16 @@ export class Replica implements AsyncDisposable {
         for (const s of snaps) {
           if (s.index < min) await this.client.deleteSnapshot(s, options);
         }
-        const old = (await sortedWalSegments(this.client, gen, options)).filter((s) => s.index < min);
+        const old = (await sortedWalSegments(this.client, gen, options)).filter((s) =>
+          s.index < min
+        );
         if (old.length > 0) {
           await this.client.deleteWalSegments(old, options);
-          this.log.info("wal segments deleted", { generation: gen, before: min, count: old.length });
+          this.log.info("wal segments deleted", {
+            generation: gen,
+            before: min,
+            count: old.length,
+          });
         }
       }
     });

@@ -11,8 +11,8 @@
  * @module
  */
 import {
-  type ReplicaClient,
   readAll,
+  type ReplicaClient,
   type SnapshotInfo,
   sortedSnapshots,
   sortedWalSegments,
@@ -173,7 +173,9 @@ export async function calcRestoreTarget(
     const highest = Math.max(snapshot.index, ...pick.segments.map((s) => s.index));
     if (index > highest) {
       throw new NoBackupError(
-        `Index ${hex8(index)} not found in generation "${pick.generation}" (highest is ${hex8(highest)})`,
+        `Index ${hex8(index)} not found in generation "${pick.generation}" (highest is ${
+          hex8(highest)
+        })`,
       );
     }
   }
@@ -212,7 +214,10 @@ function checkSegmentsContinuity(gen: string, from: number, segments: WalSegment
  * @throws {ReplicaIntegrityError} If a piece of the replica is missing or corrupt.
  * @throws {Deno.errors.AlreadyExists} If the output path exists.
  */
-export async function restore(client: ReplicaClient, options: RestoreOptions): Promise<RestoreResult> {
+export async function restore(
+  client: ReplicaClient,
+  options: RestoreOptions,
+): Promise<RestoreResult> {
   const out = absPath(options.outputPath);
   const log = (options.logger ?? silentLogger).with({ output: out });
   const signal = options.signal;
@@ -261,7 +266,9 @@ export async function restore(client: ReplicaClient, options: RestoreOptions): P
         if (seg.offset !== expected) {
           throw new ReplicaIntegrityError(
             seg.offset > expected
-              ? `Replica is missing WAL bytes ${expected}..${seg.offset} of index ${hex8(idx)} in generation "${target.generation}" (before ${segName(seg)})`
+              ? `Replica is missing WAL bytes ${expected}..${seg.offset} of index ${
+                hex8(idx)
+              } in generation "${target.generation}" (before ${segName(seg)})`
               : `WAL segment ${segName(seg)} overlaps the previous segment`,
           );
         }
@@ -324,7 +331,12 @@ async function writeSnapshot(
       .pipeThrough(lz4DecompressStream());
     for await (const chunk of stream) {
       if (!head) head = chunk.slice(0, 100);
-      else if (head.length < 100) head = joinParts([head, chunk.slice(0, 100 - head.length)], Math.min(100, head.length + chunk.length));
+      else if (head.length < 100) {
+        head = joinParts(
+          [head, chunk.slice(0, 100 - head.length)],
+          Math.min(100, head.length + chunk.length),
+        );
+      }
       let o = 0;
       while (o < chunk.length) o += await file.write(chunk.subarray(o));
       size += chunk.length;
@@ -377,7 +389,11 @@ async function applyWal(
   }
   const scan = scanWalFrames(frames, header, [header.checksum1, header.checksum2]);
   if (scan.committedBytes !== frames.length) {
-    const bad = scan.stop === "end" ? "does not end on a commit" : `has a broken ${scan.stop === "salt" ? "salt" : "checksum"} at frame ${scan.validFrames + 1}`;
+    const bad = scan.stop === "end"
+      ? "does not end on a commit"
+      : `has a broken ${scan.stop === "salt" ? "salt" : "checksum"} at frame ${
+        scan.validFrames + 1
+      }`;
     throw new ReplicaIntegrityError(`${what} ${bad}`);
   }
   if (frames.length === 0) return;

@@ -231,7 +231,11 @@ export function scanWalFrames(
       return result;
     }
     sum = walChecksum(header.littleEndian, data.subarray(off, off + 8), sum);
-    sum = walChecksum(header.littleEndian, data.subarray(off + WAL_FRAME_HEADER_SIZE, off + fs), sum);
+    sum = walChecksum(
+      header.littleEndian,
+      data.subarray(off + WAL_FRAME_HEADER_SIZE, off + fs),
+      sum,
+    );
     if (sum[0] !== v.getUint32(off + 16) || sum[1] !== v.getUint32(off + 20)) {
       result.stop = "checksum";
       return result;

@@ -25,6 +25,7 @@ export interface FlagDef {
 
 /** The flags a command accepts, by name without dashes (`"config"`, `"o"`). */
 export interface FlagSpec {
+  /** The declaration of the flag `-name`. */
   [name: string]: FlagDef;
 }
 
@@ -54,6 +55,7 @@ export class HelpRequested extends Error {
   /** The command whose help was asked for. */
   readonly command: string;
 
+  /** Creates the error for `command`, the subcommand whose help was asked for. */
   constructor(command: string) {
     super(`Help requested for "${command}"`);
     this.name = "HelpRequested";
@@ -150,8 +152,8 @@ export function parseFlags<const S extends FlagSpec>(
  *
  * @param command The subcommand name, e.g. `"restore"`.
  * @param synopsis What follows `litestream <command>` on the usage line, e.g.
- *   `"[flags] DB_PATH | REPLICA_URL"`. Further lines, if any, are printed below it as a
- *   description.
+ *   `"[flags] DB_PATH | REPLICA_URL"`, or the whole line if it starts with `litestream `.
+ *   Further lines, if any, are printed below it as a description.
  *
  * @example
  * ```ts
@@ -169,7 +171,10 @@ export function parseFlags<const S extends FlagSpec>(
  */
 export function formatUsage(command: string, synopsis: string, spec: FlagSpec): string {
   const [first, ...rest] = synopsis.split("\n");
-  const lines = [`Usage: litestream ${command}${first ? ` ${first}` : ""}`];
+  const usage = first.startsWith("litestream ")
+    ? first
+    : `litestream ${command}${first ? ` ${first}` : ""}`;
+  const lines = [`Usage: ${usage}`];
   const description = rest.join("\n").trim();
   if (description) lines.push("", description);
 

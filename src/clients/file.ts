@@ -69,14 +69,21 @@ export class FileReplicaClient implements ReplicaClient {
     }
   }
 
-  async writeSnapshot(key: SnapshotKey, data: Body, options: CallOptions = {}): Promise<SnapshotInfo> {
+  async writeSnapshot(
+    key: SnapshotKey,
+    data: Body,
+    options: CallOptions = {},
+  ): Promise<SnapshotInfo> {
     options.signal?.throwIfAborted();
     const path = this.#path(snapshotKey(key.generation, key.index));
     const size = await this.#write(path, data);
     return { ...key, size, createdAt: await mtime(path) };
   }
 
-  async openSnapshot(key: SnapshotKey, options: CallOptions = {}): Promise<ReadableStream<Uint8Array>> {
+  async openSnapshot(
+    key: SnapshotKey,
+    options: CallOptions = {},
+  ): Promise<ReadableStream<Uint8Array>> {
     options.signal?.throwIfAborted();
     return await openReadable(this.#path(snapshotKey(key.generation, key.index)), "snapshot");
   }

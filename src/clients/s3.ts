@@ -304,8 +304,13 @@ function endpointHost(endpoint: string | undefined): string {
   }
 }
 
-/** Properties some S3 servers put in signature errors; they may name the access key ID. */
+/**
+ * Error properties that may hold credentials: `$response` (the SDK's raw response, whose
+ * request carries the Authorization header naming the access key ID) and the fields some
+ * servers put in signature errors.
+ */
 const SENSITIVE_ERROR_FIELDS = [
+  "$response",
   "AWSAccessKeyId",
   "StringToSign",
   "StringToSignBytes",
@@ -591,7 +596,11 @@ export class S3ReplicaClient implements ReplicaClient, AsyncDisposable {
     });
   }
 
-  /** Removes credentials from an SDK error before it is kept as a cause. */
+  /**
+   * Returns a copy of an SDK error that is safe to keep as a cause: same prototype, name,
+   * message and plain fields, minus `$response` (read-only on SDK errors, so it cannot be
+   * deleted in place) and other fields that can carry credentials; key strings are redacted.
+   */
   #scrub(err: unknown): unknown {
     if (!(err instanceof Error)) return err;
     const secrets = [
@@ -601,14 +610,21 @@ export class S3ReplicaClient implements ReplicaClient, AsyncDisposable {
       Deno.env.get("AWS_SECRET_ACCESS_KEY"),
     ].filter((s): s is string => !!s && s.length >= 4);
     const redact = (s: string) => secrets.reduce((t, x) => t.split(x).join("[redacted]"), s);
-    const record = err as unknown as Record<string, unknown>;
-    for (const field of SENSITIVE_ERROR_FIELDS) delete record[field];
-    for (const [k, v] of Object.entries(record)) {
-      if (typeof v === "string" && redact(v) !== v) record[k] = redact(v);
+    const copy = Object.create(Object.getPrototypeOf(err)) as Error;
+    const fields: PropertyDescriptorMap = {
+      name: { value: err.name, writable: true, configurable: true },
+      message: { value: redact(err.message), writable: true, configurable: true },
+      stack: { value: redact(err.stack ?? ""), writable: true, configurable: true },
+    };
+    if (err.cause !== undefined) {
+      fields.cause = { value: this.#scrub(err.cause), writable: true, configurable: true };
     }
-    err.message = redact(err.message);
-    if (err.stack) err.stack = redact(err.stack);
-    return err;
+    for (const [k, v] of Object.entries(err)) {
+      if (SENSITIVE_ERROR_FIELDS.includes(k) || k in fields) continue;
+      const value = typeof v === "string" ? redact(v) : v;
+      fields[k] = { value, writable: true, enumerable: true, configurable: true };
+    }
+    return Object.defineProperties(copy, fields);
   }
 
   async #get(

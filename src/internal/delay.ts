@@ -73,7 +73,7 @@ export class Mutex {
   }
 
   /** Runs `fn` when no other holder runs, and returns its result. */
-  async run<T>(fn: () => Promise<T>): Promise<T> {
+  async run<T>(fn: () => T | Promise<T>): Promise<T> {
     let release!: () => void;
     const next = new Promise<void>((r) => (release = r));
     const prev = this.#tail;

@@ -35,7 +35,9 @@ export async function fsyncDir(path: string): Promise<void> {
     await dir.sync();
   } catch (err) {
     // Some file systems refuse fsync on directories; the rename is still atomic there.
-    if (!(err instanceof Deno.errors.InvalidData) && !(err instanceof Deno.errors.PermissionDenied)) {
+    if (
+      !(err instanceof Deno.errors.InvalidData) && !(err instanceof Deno.errors.PermissionDenied)
+    ) {
       throw err;
     }
   }

@@ -1,0 +1,233 @@
+/**
+ * Test fixtures: temporary directories, a real second process writing with the `sqlite3`
+ * CLI, and database comparison.
+ *
+ * @module
+ */
+import { Db, type DbOptions } from "../src/db.ts";
+import { Replica, type ReplicaOptions } from "../src/replica.ts";
+import { FileReplicaClient } from "../src/clients/file.ts";
+
+const dec = new TextDecoder();
+const enc = new TextEncoder();
+
+/** Absolute path of the repository root. */
+export const REPO = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
+
+/** A temporary directory removed on dispose. */
+export async function tempDir(): Promise<{ path: string } & AsyncDisposable> {
+  const path = await Deno.makeTempDir({ prefix: "litestream-test-" });
+  return {
+    path,
+    async [Symbol.asyncDispose]() {
+      await Deno.remove(path, { recursive: true }).catch(() => {});
+    },
+  };
+}
+
+/** Runs SQL with the `sqlite3` CLI in its own process; returns stdout. Throws on failure. */
+export function sqlite(db: string, sql: string): string {
+  const o = new Deno.Command("sqlite3", {
+    args: ["-bail", db, sql],
+    stdout: "piped",
+    stderr: "piped",
+  })
+    .outputSync();
+  if (!o.success) throw new Error(`sqlite3 ${db} failed: ${dec.decode(o.stderr)}`);
+  return dec.decode(o.stdout);
+}
+
+/** Runs SQL with the `sqlite3` CLI (one process per call). */
+export async function sqliteAsync(db: string, sql: string): Promise<string> {
+  const child = new Deno.Command("sqlite3", {
+    args: ["-bail", db],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const w = child.stdin.getWriter();
+  await w.write(enc.encode(sql + "\n"));
+  await w.close();
+  const o = await child.output();
+  if (!o.success) throw new Error(`sqlite3 ${db} failed: ${dec.decode(o.stderr)}`);
+  return dec.decode(o.stdout);
+}
+
+/**
+ * The application: one long-lived `sqlite3` process holding its connection open, running
+ * statements one at a time (each call waits until the CLI finished it).
+ */
+export class Writer implements AsyncDisposable {
+  readonly #child: Deno.ChildProcess;
+  readonly #stdin: WritableStreamDefaultWriter<Uint8Array>;
+  readonly #lines: AsyncIterator<string>;
+  #seq = 0;
+  #buf = "";
+
+  constructor(db: string) {
+    this.#child = new Deno.Command("sqlite3", {
+      args: [db],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    this.#stdin = this.#child.stdin.getWriter();
+    this.#lines = this.#readLines();
+  }
+
+  async *#readLines(): AsyncGenerator<string> {
+    for await (const chunk of this.#child.stdout.pipeThrough(new TextDecoderStream())) {
+      this.#buf += chunk;
+      let i: number;
+      while ((i = this.#buf.indexOf("\n")) >= 0) {
+        yield this.#buf.slice(0, i);
+        this.#buf = this.#buf.slice(i + 1);
+      }
+    }
+  }
+
+  /** Runs `sql` in the writer process and returns its output lines. */
+  async exec(sql: string): Promise<string[]> {
+    const mark = `@@done-${++this.#seq}`;
+    await this.#stdin.write(enc.encode(`${sql.trim().replace(/;?$/, ";")}\n.print ${mark}\n`));
+    const out: string[] = [];
+    for (;;) {
+      const r = await this.#lines.next();
+      if (r.done) throw new Error(`sqlite3 writer exited while running: ${sql}`);
+      if (r.value === mark) return out;
+      out.push(r.value);
+    }
+  }
+
+  async close(): Promise<void> {
+    try {
+      await this.#stdin.close();
+    } catch { /* closed */ }
+    await this.#child.status;
+    await this.#child.stderr.cancel().catch(() => {});
+    await this.#lines.return?.(undefined);
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+/** The database's rows as `sqlite3 .dump` prints them, without Litestream's own tables. */
+export async function dump(db: string): Promise<string> {
+  const out = await sqliteAsync(db, ".dump");
+  return out.split("\n").filter((l) => !l.includes("_litestream")).join("\n");
+}
+
+/** `PRAGMA integrity_check` through the sqlite3 CLI. */
+export async function integrity(db: string): Promise<string> {
+  return (await sqliteAsync(db, "PRAGMA integrity_check;")).trim();
+}
+
+/** Creates a WAL-mode database with a table `t(id INTEGER PRIMARY KEY, v)`. */
+export async function createDb(path: string): Promise<void> {
+  await sqliteAsync(
+    path,
+    "PRAGMA journal_mode=wal; CREATE TABLE t (id INTEGER PRIMARY KEY, v); INSERT INTO t (v) VALUES ('first');",
+  );
+}
+
+/** A database with a file replica, driven by hand (no background loops). */
+export interface TestDb extends AsyncDisposable {
+  dir: string;
+  path: string;
+  replicaPath: string;
+  db: Db;
+  client: FileReplicaClient;
+  replica: Replica;
+  /** Syncs the database, then the replica. */
+  sync(): Promise<void>;
+  /** Closes and reopens the Db and Replica (a restart of the replicator). */
+  reopen(): Promise<void>;
+}
+
+/** Opens a test database in `dir` with `monitorIntervalMs: 0` unless overridden. */
+export async function openTestDb(
+  dir: string,
+  options: DbOptions = {},
+  replicaOptions: ReplicaOptions = {},
+): Promise<TestDb> {
+  const path = `${dir}/app.db`;
+  const replicaPath = `${dir}/replica`;
+  try {
+    await Deno.stat(path);
+  } catch {
+    await createDb(path);
+  }
+  const client = new FileReplicaClient(replicaPath);
+  const make = async () => {
+    const db = new Db(path, { monitorIntervalMs: 0, ...options });
+    await db.open();
+    return { db, replica: new Replica(db, client, { retentionMs: 0, ...replicaOptions }) };
+  };
+  let cur = await make();
+  const fx: TestDb = {
+    dir,
+    path,
+    replicaPath,
+    client,
+    get db() {
+      return cur.db;
+    },
+    get replica() {
+      return cur.replica;
+    },
+    async sync() {
+      await cur.db.sync();
+      await cur.replica.sync();
+    },
+    async reopen() {
+      await cur.replica.close();
+      await cur.db.close();
+      cur = await make();
+    },
+    async [Symbol.asyncDispose]() {
+      await cur.replica.close().catch(() => {});
+      await cur.db.close().catch(() => {});
+    },
+  };
+  return fx;
+}
+
+/** Spawns the CLI (`main.ts`) with the permissions of the deno.json tasks. */
+export function cli(
+  args: string[],
+  options: { cwd?: string; env?: Record<string, string> } = {},
+): Deno.Command {
+  return new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-read",
+      "--allow-write",
+      "--allow-env",
+      "--allow-net",
+      "--allow-sys=osRelease,hostname",
+      "--allow-run",
+      `${REPO}/main.ts`,
+      ...args,
+    ],
+    cwd: options.cwd,
+    env: options.env,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  });
+}
+
+/** Waits until `fn` returns true (polling every 20 ms), or throws after `timeoutMs`. */
+export async function waitFor(
+  fn: () => boolean | Promise<boolean>,
+  timeoutMs = 10_000,
+  what = "condition",
+): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!(await fn())) {
+    if (Date.now() > end) throw new Error(`Timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}

@@ -1,0 +1,206 @@
+import assert from "node:assert/strict";
+import { dump, integrity, openTestDb, sqliteAsync, tempDir, Writer } from "./_helpers.ts";
+import { restore } from "../src/restore.ts";
+import { decodeWalHeader, WAL_HEADER_SIZE } from "../src/wal.ts";
+
+async function restoredDump(client: Parameters<typeof restore>[0], out: string): Promise<string> {
+  await restore(client, { outputPath: out });
+  assert.equal(await integrity(out), "ok");
+  return await dump(out);
+}
+
+async function fileBytes(path: string, start: number, end: number): Promise<Uint8Array> {
+  const all = await Deno.readFile(path);
+  return all.subarray(start, end);
+}
+
+Deno.test("Db.sync() starts a generation whose shadow WAL is a byte copy of the committed WAL", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path);
+  await using w = new Writer(fx.path);
+  await w.exec("INSERT INTO t (v) VALUES ('a'), ('b')");
+  await fx.sync();
+  const pos = fx.db.pos()!;
+  assert.match(pos.generation, /^[0-9a-f]{16}$/);
+  assert.equal(pos.index, 0);
+  const shadow = await Deno.readFile(fx.db.shadowWalPath(pos.generation, 0));
+  assert.equal(shadow.length, pos.offset);
+  assert.deepEqual(shadow, await fileBytes(`${fx.path}-wal`, 0, pos.offset));
+  assert.equal(await Deno.readTextFile(`${fx.db.metaPath}/generation`), `${pos.generation}\n`);
+});
+
+Deno.test("Db.sync() copies only whole transactions, never an uncommitted one", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path);
+  await using w = new Writer(fx.path);
+  await fx.sync();
+  const before = fx.db.pos()!.offset;
+  // A large transaction spills pages into the WAL before it commits.
+  await w.exec(
+    "PRAGMA cache_size=1; BEGIN; INSERT INTO t (v) SELECT randomblob(3000) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<200) SELECT x FROM c)",
+  );
+  const walSize = (await Deno.stat(`${fx.path}-wal`)).size;
+  assert.ok(walSize > before, "the open transaction spilled frames into the WAL");
+  await fx.db.sync();
+  assert.equal(fx.db.pos()!.offset, before, "uncommitted frames were not copied");
+  await w.exec("COMMIT");
+  await fx.sync();
+  assert.ok(fx.db.pos()!.offset > before);
+  assert.equal(await restoredDump(fx.client, `${dir.path}/r.db`), await dump(fx.path));
+});
+
+Deno.test("Db continues the same generation after a restart while the application keeps its connection", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path);
+  await using w = new Writer(fx.path);
+  await w.exec("INSERT INTO t (v) VALUES ('before')");
+  await fx.sync();
+  const gen = fx.db.generation;
+  await fx.reopen();
+  await w.exec("INSERT INTO t (v) VALUES ('during')");
+  await fx.sync();
+  assert.equal(fx.db.generation, gen);
+  await w.exec("INSERT INTO t (v) VALUES ('after')");
+  await fx.sync();
+  assert.equal(fx.db.generation, gen);
+  assert.equal(await restoredDump(fx.client, `${dir.path}/r.db`), await dump(fx.path));
+});
+
+Deno.test("Db keeps the WAL and its generation across a restart when no application is connected", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path);
+  await sqliteAsync(fx.path, "INSERT INTO t (v) VALUES ('x')");
+  await fx.sync();
+  const gen = fx.db.generation;
+  await fx.reopen();
+  await fx.sync();
+  assert.equal(fx.db.generation, gen, "closing our connections did not checkpoint the WAL away");
+});
+
+Deno.test("Db starts a new generation when another process truncated the WAL while it was stopped", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path);
+  await using w = new Writer(fx.path);
+  await w.exec("INSERT INTO t (v) VALUES ('one')");
+  await fx.sync();
+  const gen = fx.db.generation;
+  await fx.replica.close();
+  await fx.db.close();
+  const [row] = await w.exec("PRAGMA wal_checkpoint(TRUNCATE)");
+  assert.match(row, /^0\|/, "the truncate checkpoint ran");
+  await w.exec("INSERT INTO t (v) VALUES ('two')");
+  await fx.reopen();
+  await fx.sync();
+  assert.notEqual(fx.db.generation, gen);
+  assert.equal(await restoredDump(fx.client, `${dir.path}/r.db`), await dump(fx.path));
+});
+
+Deno.test("Db follows one WAL restart made while it was stopped, copying the old life's tail first", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path);
+  await using w = new Writer(fx.path);
+  await w.exec(
+    "INSERT INTO t (v) SELECT randomblob(2000) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<20) SELECT x FROM c)",
+  );
+  await fx.sync();
+  const gen = fx.db.generation!;
+  const idx = fx.db.pos()!.index;
+  await fx.replica.close();
+  await fx.db.close();
+  // While we are down: a commit into the old life, a checkpoint, and one small commit that
+  // restarts the WAL without reaching the frames we copied.
+  await w.exec("INSERT INTO t (v) VALUES ('tail of the old life')");
+  await w.exec("PRAGMA wal_checkpoint(RESTART)");
+  await w.exec("INSERT INTO t (v) VALUES ('first of the new life')");
+  await fx.reopen();
+  await fx.sync();
+  assert.equal(fx.db.generation, gen);
+  assert.equal(fx.db.pos()!.index, idx + 1);
+  assert.equal(await restoredDump(fx.client, `${dir.path}/r.db`), await dump(fx.path));
+});
+
+Deno.test("Db starts a new generation when the WAL restarted twice while it was stopped", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path);
+  await using w = new Writer(fx.path);
+  await w.exec(
+    "INSERT INTO t (v) SELECT randomblob(2000) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<20) SELECT x FROM c)",
+  );
+  await fx.sync();
+  const gen = fx.db.generation!;
+  await fx.replica.close();
+  await fx.db.close();
+  const before = decodeWalHeader(await fileBytes(`${fx.path}-wal`, 0, WAL_HEADER_SIZE));
+  // Two restarts; each new life is far shorter than what we copied, so the last frame we
+  // copied is still physically there (v0.3.13 would carry on and miss the middle life).
+  await w.exec("PRAGMA wal_checkpoint(RESTART)");
+  await w.exec("INSERT INTO t (v) VALUES ('middle life')");
+  await w.exec("PRAGMA wal_checkpoint(RESTART)");
+  await w.exec("UPDATE t SET v = 'third life' WHERE id = 1");
+  const after = decodeWalHeader(await fileBytes(`${fx.path}-wal`, 0, WAL_HEADER_SIZE));
+  assert.equal(after.checkpointSeq, before.checkpointSeq + 2);
+  await fx.reopen();
+  await fx.sync();
+  assert.notEqual(fx.db.generation, gen);
+  assert.equal(await restoredDump(fx.client, `${dir.path}/r.db`), await dump(fx.path));
+});
+
+Deno.test("Db checkpoints past min-checkpoint-page-count, keeps the WAL bounded and restores equal", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path, {
+    minCheckpointPageCount: 50,
+    maxCheckpointPageCount: 400,
+  });
+  await using w = new Writer(fx.path);
+  let maxWal = 0;
+  for (let i = 0; i < 40; i++) {
+    await w.exec(
+      "INSERT INTO t (v) SELECT randomblob(1500) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<20) SELECT x FROM c)",
+    );
+    await fx.sync();
+    maxWal = Math.max(maxWal, (await Deno.stat(`${fx.path}-wal`)).size);
+  }
+  const pos = fx.db.pos()!;
+  assert.ok(pos.index >= 5, `checkpoints advanced the WAL index (index ${pos.index})`);
+  // 40 × ~20 pages went through the WAL; with checkpoints at 50 pages it stays small.
+  assert.ok(maxWal < 120 * 4120, `WAL stayed bounded (max ${maxWal} bytes)`);
+  assert.equal(await restoredDump(fx.client, `${dir.path}/r.db`), await dump(fx.path));
+});
+
+Deno.test("Db trims a torn tail of the shadow WAL on open and keeps its generation", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path);
+  await using w = new Writer(fx.path);
+  await w.exec("INSERT INTO t (v) VALUES ('a')");
+  await fx.sync();
+  const pos = fx.db.pos()!;
+  await fx.replica.close();
+  await fx.db.close();
+  // A crash in the middle of an append: half a frame of junk after the last commit.
+  const shadow = fx.db.shadowWalPath(pos.generation, pos.index);
+  using f = await Deno.open(shadow, { append: true });
+  await f.write(crypto.getRandomValues(new Uint8Array(2000)));
+  await fx.reopen();
+  assert.equal(fx.db.pos()!.offset, pos.offset);
+  assert.equal((await Deno.stat(shadow)).size, pos.offset);
+  await w.exec("INSERT INTO t (v) VALUES ('b')");
+  await fx.sync();
+  assert.equal(fx.db.generation, pos.generation);
+  assert.equal(await restoredDump(fx.client, `${dir.path}/r.db`), await dump(fx.path));
+});
+
+Deno.test("Db.open() rejects a file that is not a SQLite database and writes nothing", async () => {
+  await using dir = await tempDir();
+  const path = `${dir.path}/notes.db`;
+  await Deno.writeTextFile(path, "hello, I am not a database\n".repeat(10));
+  const { Db } = await import("../src/db.ts");
+  const db = new Db(path, { monitorIntervalMs: 0 });
+  await assert.rejects(
+    db.open(),
+    (err: Error) => err instanceof SyntaxError && err.message.includes(path),
+  );
+  await db.close();
+  assert.deepEqual((await Array.fromAsync(Deno.readDir(dir.path))).map((e) => e.name), [
+    "notes.db",
+  ]);
+});

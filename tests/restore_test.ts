@@ -1,0 +1,167 @@
+import assert from "node:assert/strict";
+import { dump, integrity, openTestDb, tempDir, Writer } from "./_helpers.ts";
+import { calcRestoreTarget, restore } from "../src/restore.ts";
+import { NoBackupError, ReplicaIntegrityError } from "../src/errors.ts";
+import { sortedWalSegments } from "../src/replica_client.ts";
+import { walSegmentKey } from "../src/layout.ts";
+
+const BLOBS = (n: number, size = 1500) =>
+  `INSERT INTO t (v) SELECT randomblob(${size}) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<${n}) SELECT x FROM c)`;
+
+/** A replica with three WAL indexes (checkpoints at 30 pages) and several segments each. */
+async function threeIndexes(dir: string) {
+  const fx = await openTestDb(dir, { minCheckpointPageCount: 30 });
+  const w = new Writer(fx.path);
+  const dumps: string[] = [];
+  for (let i = 0; fx.db.pos()!.index < 2 || i < 6; i++) {
+    await w.exec(BLOBS(8));
+    await fx.sync();
+    dumps.push(await dump(fx.path));
+    if (i > 50) throw new Error("no checkpoint happened");
+  }
+  return { fx, w, dumps };
+}
+
+Deno.test("restore() rebuilds the latest state and passes integrity_check", async () => {
+  await using dir = await tempDir();
+  const { fx, w } = await threeIndexes(dir.path);
+  await using _fx = fx;
+  await using _w = w;
+  const res = await restore(fx.client, { outputPath: `${dir.path}/r.db` });
+  assert.equal(res.index, fx.db.pos()!.index);
+  assert.equal(await integrity(`${dir.path}/r.db`), "ok");
+  assert.equal(await dump(`${dir.path}/r.db`), await dump(fx.path));
+});
+
+Deno.test("restore() with an index stops after that WAL index", async () => {
+  await using dir = await tempDir();
+  const { fx, w } = await threeIndexes(dir.path);
+  await using _fx = fx;
+  await using _w = w;
+  const segs = await sortedWalSegments(fx.client, fx.db.generation!);
+  const res = await restore(fx.client, { outputPath: `${dir.path}/r.db`, index: 1 });
+  assert.equal(res.index, 1);
+  assert.ok(res.segments.every((s) => s.index <= 1));
+  assert.ok(segs.some((s) => s.index === 2), "index 2 exists but was not applied");
+  assert.equal(await integrity(`${dir.path}/r.db`), "ok");
+  assert.notEqual(await dump(`${dir.path}/r.db`), await dump(fx.path));
+});
+
+Deno.test("restore() to a timestamp restores the state of the segments written by then", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path);
+  await using w = new Writer(fx.path);
+  await w.exec("INSERT INTO t (v) VALUES ('early')");
+  await fx.sync();
+  const early = await dump(fx.path);
+  await new Promise((r) => setTimeout(r, 30));
+  const t = new Date();
+  await new Promise((r) => setTimeout(r, 30));
+  await w.exec("INSERT INTO t (v) VALUES ('late')");
+  await fx.sync();
+  await restore(fx.client, { outputPath: `${dir.path}/pit.db`, timestamp: t });
+  assert.equal(await dump(`${dir.path}/pit.db`), early);
+  await restore(fx.client, { outputPath: `${dir.path}/latest.db` });
+  assert.equal(await dump(`${dir.path}/latest.db`), await dump(fx.path));
+});
+
+Deno.test("restore() refuses an index past the end instead of restoring the latest state", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path);
+  await fx.sync();
+  await assert.rejects(
+    restore(fx.client, { outputPath: `${dir.path}/r.db`, index: 0x50 }),
+    (err: Error) => err instanceof NoBackupError && /00000050/.test(err.message),
+  );
+  await assert.rejects(Deno.stat(`${dir.path}/r.db`), Deno.errors.NotFound);
+});
+
+Deno.test("restore() refuses a generation that does not exist", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path);
+  await fx.sync();
+  await assert.rejects(
+    restore(fx.client, { outputPath: `${dir.path}/r.db`, generation: "0123456789abcdef" }),
+    (err: Error) => err instanceof NoBackupError && err.message.includes("0123456789abcdef"),
+  );
+});
+
+Deno.test("restore() names a missing WAL segment in the middle of an index", async () => {
+  await using dir = await tempDir();
+  const { fx, w } = await threeIndexes(dir.path);
+  await using _fx = fx;
+  await using _w = w;
+  const segs = await sortedWalSegments(fx.client, fx.db.generation!);
+  const middle = segs.find((s, i) => s.offset > 0 && segs[i + 1]?.index === s.index)!;
+  assert.ok(middle, "found a segment with a successor in the same index");
+  await Deno.remove(
+    `${fx.replicaPath}/${walSegmentKey(middle.generation, middle.index, middle.offset)}`,
+  );
+  await assert.rejects(
+    restore(fx.client, { outputPath: `${dir.path}/r.db` }),
+    (err: Error) => err instanceof ReplicaIntegrityError && /missing WAL bytes/.test(err.message),
+  );
+  await assert.rejects(Deno.stat(`${dir.path}/r.db`), Deno.errors.NotFound);
+  assert.deepEqual(
+    (await Array.fromAsync(Deno.readDir(dir.path))).map((e) => e.name).filter((n) =>
+      n.startsWith("r.db")
+    ),
+    [],
+    "no temporary file left behind",
+  );
+});
+
+Deno.test("restore() names a missing WAL index", async () => {
+  await using dir = await tempDir();
+  const { fx, w } = await threeIndexes(dir.path);
+  await using _fx = fx;
+  await using _w = w;
+  const segs = await sortedWalSegments(fx.client, fx.db.generation!);
+  for (const s of segs.filter((s) => s.index === 1)) {
+    await Deno.remove(`${fx.replicaPath}/${walSegmentKey(s.generation, s.index, s.offset)}`);
+  }
+  await assert.rejects(
+    calcRestoreTarget(fx.client),
+    (err: Error) =>
+      err instanceof ReplicaIntegrityError && /missing WAL index 00000001/.test(err.message),
+  );
+});
+
+Deno.test("restore() rejects a corrupt WAL segment", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path);
+  await using w = new Writer(fx.path);
+  await w.exec(BLOBS(5));
+  await fx.sync();
+  const [seg] = (await sortedWalSegments(fx.client, fx.db.generation!)).slice(-1);
+  const path = `${fx.replicaPath}/${walSegmentKey(seg.generation, seg.index, seg.offset)}`;
+  const bytes = await Deno.readFile(path);
+  bytes[Math.floor(bytes.length / 2)] ^= 0xff;
+  await Deno.writeFile(path, bytes);
+  await assert.rejects(
+    restore(fx.client, { outputPath: `${dir.path}/r.db` }),
+    (err: Error) => err instanceof ReplicaIntegrityError && err.message.includes(seg.generation),
+  );
+});
+
+Deno.test("restore() never overwrites an existing file", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path);
+  await fx.sync();
+  const out = `${dir.path}/existing.db`;
+  await Deno.writeTextFile(out, "precious");
+  await assert.rejects(
+    restore(fx.client, { outputPath: out }),
+    Deno.errors.AlreadyExists,
+  );
+  assert.equal(await Deno.readTextFile(out), "precious");
+});
+
+Deno.test("restore() reports an empty replica as having no backups", async () => {
+  await using dir = await tempDir();
+  const { FileReplicaClient } = await import("../src/clients/file.ts");
+  await assert.rejects(
+    restore(new FileReplicaClient(`${dir.path}/nothing`), { outputPath: `${dir.path}/r.db` }),
+    NoBackupError,
+  );
+});
