@@ -252,6 +252,7 @@ export class Db implements AsyncDisposable {
       }
       this.metrics.syncCount++;
       this.metrics.walSize = wal.size;
+      this.metrics.dbSize = this.#dbFile?.statSync().size ?? 0;
       this.metrics.shadowWalIndex = this.#shadow?.index ?? 0;
     } catch (err) {
       this.metrics.syncErrorCount++;

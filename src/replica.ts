@@ -118,7 +118,15 @@ export class Replica implements AsyncDisposable {
         await this.#resolvePos(dpos, options);
         if (!this.#pos) return;
       }
-      await this.#upload(options);
+      try {
+        await this.#upload(options);
+      } catch (err) {
+        if (!(err instanceof Deno.errors.NotFound)) throw err;
+        // The shadow WAL we were shipping from is gone (cleaned while we were stopped):
+        // the store can only be continued from a new snapshot.
+        this.log.warn("shadow wal missing; taking a new snapshot", { error: describeError(err) });
+        await this.#snapshotLocked(options);
+      }
     } catch (err) {
       // Recompute the position from the store next time: never assume a write landed.
       this.#pos = undefined;

@@ -61,6 +61,8 @@ export interface ReplicaClient {
   deleteWalSegments(positions: Pos[], options?: CallOptions): Promise<void>;
   /** Deletes a whole generation; a missing one is not an error. */
   deleteGeneration(generation: string, options?: CallOptions): Promise<void>;
+  /** Releases connections and timers, if the client holds any. */
+  close?(): Promise<void>;
 }
 
 /** Collects an async iterable into an array. */

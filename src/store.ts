@@ -73,6 +73,13 @@ export class Store implements AsyncDisposable {
       } catch (err) {
         errors.push(err);
       }
+      for (const r of replicas) {
+        try {
+          await r.client.close?.();
+        } catch (err) {
+          errors.push(err);
+        }
+      }
     }
     if (errors.length === 1) throw errors[0];
     if (errors.length > 1) throw new AggregateError(errors, "Cannot close databases cleanly");
@@ -102,6 +109,13 @@ async function build(dc: DbConfig, log: Logger): Promise<{ db: Db; replicas: Rep
       throw new UsageError(`Duplicate replica name "${name}" for database "${dc.path}"`);
     }
     names.add(name);
+    if (rc.validationIntervalMs) {
+      // Accepted so that v0.3.13 configs load, but said out loud: no validation runs.
+      log.warn("validation-interval is not supported yet and is ignored", {
+        db: dc.path,
+        replica: name,
+      });
+    }
     replicas.push(
       new Replica(db, client, {
         name,

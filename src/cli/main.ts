@@ -14,6 +14,7 @@ import * as restore from "./restore.ts";
 import * as listing from "./listing.ts";
 import * as databases from "./databases.ts";
 import * as version from "./version.ts";
+import { applyLitestreamEnv } from "../clients/env.ts";
 
 const COMMANDS: Record<
   string,
@@ -61,6 +62,9 @@ export async function main(args: string[]): Promise<number> {
     printError(`litestream: unknown command "${cmd}"\nRun 'litestream help' for usage.`);
     return 2;
   }
+  try {
+    applyLitestreamEnv();
+  } catch { /* no env permission: nothing to copy */ }
   // Commands other than replicate log to stderr, so their stdout stays machine-readable.
   const log = new Logger(consoleSink({ level: "info", stderr: cmd !== "replicate" }));
   try {

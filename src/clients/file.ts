@@ -61,6 +61,7 @@ export class FileReplicaClient implements ReplicaClient {
   }
 
   async *snapshots(generation: string, options: CallOptions = {}): AsyncIterable<SnapshotInfo> {
+    options.signal?.throwIfAborted();
     const dir = this.#path(snapshotsKey(generation));
     for await (const { name, info } of listDir(dir, options)) {
       const index = parseSnapshotName(name);
@@ -76,7 +77,7 @@ export class FileReplicaClient implements ReplicaClient {
   ): Promise<SnapshotInfo> {
     options.signal?.throwIfAborted();
     const path = this.#path(snapshotKey(key.generation, key.index));
-    const size = await this.#write(path, data);
+    const size = await this.#write(path, data, options.signal);
     return { ...key, size, createdAt: await mtime(path) };
   }
 
@@ -94,6 +95,7 @@ export class FileReplicaClient implements ReplicaClient {
   }
 
   async *walSegments(generation: string, options: CallOptions = {}): AsyncIterable<WalSegmentInfo> {
+    options.signal?.throwIfAborted();
     const dir = this.#path(walSegmentsKey(generation));
     for await (const { name, info } of listDir(dir, options)) {
       const p = parseWalSegmentName(name);
@@ -105,7 +107,7 @@ export class FileReplicaClient implements ReplicaClient {
   async writeWalSegment(pos: Pos, data: Body, options: CallOptions = {}): Promise<WalSegmentInfo> {
     options.signal?.throwIfAborted();
     const path = this.#path(walSegmentKey(pos.generation, pos.index, pos.offset));
-    const size = await this.#write(path, data);
+    const size = await this.#write(path, data, options.signal);
     return { ...pos, size, createdAt: await mtime(path) };
   }
 
@@ -136,7 +138,7 @@ export class FileReplicaClient implements ReplicaClient {
     }
   }
 
-  async #write(path: string, data: Body): Promise<number> {
+  async #write(path: string, data: Body, signal?: AbortSignal): Promise<number> {
     const dir = dirname(path);
     if (!this.#madeDirs.has(dir)) {
       await mkdirp(dir);
@@ -144,7 +146,7 @@ export class FileReplicaClient implements ReplicaClient {
       await fsyncDir(dirname(dir));
       this.#madeDirs.add(dir);
     }
-    return await writeFileAtomic(path, data);
+    return await writeFileAtomic(path, data, { signal });
   }
 }
 

@@ -174,20 +174,7 @@ function cleanKeyPath(path: string): string {
   return out.join("/");
 }
 
-/**
- * Sets `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` from `LITESTREAM_ACCESS_KEY_ID`/
- * `LITESTREAM_SECRET_ACCESS_KEY` where the AWS variable is unset, as v0.3.13's CLI does at
- * start. {@linkcode S3ReplicaClient} applies the same rule itself without touching the
- * environment; the CLI calls this so child processes (`-exec`) see the same variables.
- */
-export function applyLitestreamEnv(): void {
-  for (const name of ["ACCESS_KEY_ID", "SECRET_ACCESS_KEY"]) {
-    const value = Deno.env.get(`LITESTREAM_${name}`);
-    if (value !== undefined && Deno.env.get(`AWS_${name}`) === undefined) {
-      Deno.env.set(`AWS_${name}`, value);
-    }
-  }
-}
+export { applyLitestreamEnv } from "./env.ts";
 
 /** What {@linkcode describeS3Error} needs to know about the client that failed. */
 export interface S3ErrorContext {

@@ -43,18 +43,40 @@ export async function fsyncDir(path: string): Promise<void> {
   }
 }
 
-/** Writes `data` to `file` and returns the number of bytes written. */
-export async function writeBody(file: Deno.FsFile, data: Body): Promise<number> {
+/**
+ * Writes `data` to `file` and returns the number of bytes written. An abort cancels the
+ * source stream (ending a pending read) and rejects with `signal.reason`.
+ */
+export async function writeBody(
+  file: Deno.FsFile,
+  data: Body,
+  signal?: AbortSignal,
+): Promise<number> {
+  signal?.throwIfAborted();
   if (data instanceof Uint8Array) {
     let o = 0;
     while (o < data.length) o += await file.write(data.subarray(o));
     return o;
   }
+  const reader = data.getReader();
+  const onAbort = () => void reader.cancel(signal!.reason).catch(() => {});
+  signal?.addEventListener("abort", onAbort, { once: true });
   let n = 0;
-  for await (const chunk of data) {
-    let o = 0;
-    while (o < chunk.length) o += await file.write(chunk.subarray(o));
-    n += chunk.length;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      signal?.throwIfAborted();
+      if (done) break;
+      let o = 0;
+      while (o < value.length) o += await file.write(value.subarray(o));
+      n += value.length;
+    }
+  } catch (err) {
+    await reader.cancel(err).catch(() => {});
+    throw err;
+  } finally {
+    signal?.removeEventListener("abort", onAbort);
+    reader.releaseLock();
   }
   return n;
 }
@@ -68,7 +90,7 @@ export async function writeBody(file: Deno.FsFile, data: Body): Promise<number> 
 export async function writeFileAtomic(
   path: string,
   data: Body,
-  options: { mode?: number; syncDir?: boolean } = {},
+  options: { mode?: number; syncDir?: boolean; signal?: AbortSignal } = {},
 ): Promise<number> {
   const tmp = `${path}.tmp`;
   let n: number;
@@ -79,7 +101,7 @@ export async function writeFileAtomic(
       truncate: true,
       mode: options.mode ?? 0o644,
     });
-    n = await writeBody(file, data);
+    n = await writeBody(file, data, options.signal);
     await file.sync();
   } catch (err) {
     await Deno.remove(tmp).catch(() => {});

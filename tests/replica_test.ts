@@ -1,0 +1,136 @@
+import assert from "node:assert/strict";
+import { dump, openTestDb, tempDir, Writer } from "./_helpers.ts";
+import { restore } from "../src/restore.ts";
+import { collect, sortedSnapshots, sortedWalSegments } from "../src/replica_client.ts";
+import { snapshotKey, walSegmentKey } from "../src/layout.ts";
+
+const BLOBS = (n: number) =>
+  `INSERT INTO t (v) SELECT randomblob(1500) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<${n}) SELECT x FROM c)`;
+
+/** Sets an object's mtime back in time, as if it had been written `ageMs` ago. */
+async function age(path: string, ageMs: number): Promise<void> {
+  const t = new Date(Date.now() - ageMs);
+  await Deno.utime(path, t, t);
+}
+
+Deno.test("Replica.sync() starts a generation with the WAL first, then its snapshot", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path);
+  await fx.sync();
+  const gen = fx.db.generation!;
+  const [snap] = await sortedSnapshots(fx.client, gen);
+  const [seg] = await sortedWalSegments(fx.client, gen);
+  assert.equal(snap.index, 0);
+  assert.deepEqual([seg.index, seg.offset], [0, 0]);
+  assert.ok(seg.createdAt <= snap.createdAt, "the WAL the snapshot depends on was stored first");
+});
+
+Deno.test("Replica resumes from the store's last segment after a restart without re-uploading", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path);
+  await using w = new Writer(fx.path);
+  await w.exec("INSERT INTO t (v) VALUES ('a')");
+  await fx.sync();
+  const before = await collect(fx.client.walSegments(fx.db.generation!));
+  await fx.reopen();
+  await fx.sync();
+  const after = await collect(fx.client.walSegments(fx.db.generation!));
+  assert.equal(after.length, before.length, "nothing new to upload after a restart");
+  assert.deepEqual(fx.replica.pos(), fx.db.pos());
+  assert.equal((await sortedSnapshots(fx.client, fx.db.generation!)).length, 1);
+});
+
+Deno.test("Replica takes a new snapshot when the shadow WAL it needs is gone", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path, { minCheckpointPageCount: 20 });
+  await using w = new Writer(fx.path);
+  await fx.sync();
+  const gen = fx.db.generation!;
+  await fx.replica.close();
+  // The replica is stopped while the database goes through several WAL indexes.
+  for (let i = 0; fx.db.pos()!.index < 3; i++) {
+    await w.exec(BLOBS(10));
+    await fx.db.sync();
+    assert.ok(i < 50, "checkpoints advanced the index");
+  }
+  const index = fx.db.pos()!.index;
+  await Deno.remove(fx.db.shadowWalPath(gen, 0));
+  await fx.reopen();
+  await fx.sync();
+  assert.equal(fx.db.generation, gen);
+  const snaps = await sortedSnapshots(fx.client, gen);
+  assert.deepEqual(snaps.map((s) => s.index), [0, index]);
+  await restore(fx.client, { outputPath: `${dir.path}/r.db` });
+  assert.equal(await dump(`${dir.path}/r.db`), await dump(fx.path));
+});
+
+Deno.test("Replica.enforceRetention() deletes expired generations and what precedes the oldest retained snapshot", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path, { minCheckpointPageCount: 20 }, {
+    retentionMs: 60_000,
+  });
+  await using w = new Writer(fx.path);
+  await fx.sync();
+  const oldGen = fx.db.generation!;
+  // Make the first generation look two minutes old, then start a second generation.
+  for (const s of await sortedSnapshots(fx.client, oldGen)) {
+    await age(`${fx.replicaPath}/${snapshotKey(s.generation, s.index)}`, 120_000);
+  }
+  for (const s of await sortedWalSegments(fx.client, oldGen)) {
+    await age(`${fx.replicaPath}/${walSegmentKey(s.generation, s.index, s.offset)}`, 120_000);
+  }
+  fx.db.requestNewGeneration("test");
+  await fx.sync();
+  const gen = fx.db.generation!;
+  assert.notEqual(gen, oldGen);
+  // In the current generation: an old snapshot at index 0, then a new one at a later index.
+  for (let i = 0; fx.db.pos()!.index < 2; i++) {
+    await w.exec(BLOBS(10));
+    await fx.sync();
+    assert.ok(i < 50, "checkpoints advanced the index");
+  }
+  for (const s of await sortedSnapshots(fx.client, gen)) {
+    await age(`${fx.replicaPath}/${snapshotKey(s.generation, s.index)}`, 120_000);
+  }
+  const snap = await fx.replica.snapshot();
+  assert.ok(snap.index >= 2);
+  await fx.replica.enforceRetention();
+  assert.deepEqual(await fx.client.generations(), [gen]);
+  const snaps = await sortedSnapshots(fx.client, gen);
+  assert.deepEqual(snaps.map((s) => s.index), [snap.index]);
+  const segs = await sortedWalSegments(fx.client, gen);
+  assert.ok(segs.every((s) => s.index >= snap.index), "WAL before the retained snapshot is gone");
+  await restore(fx.client, { outputPath: `${dir.path}/r.db` });
+  assert.equal(await dump(`${dir.path}/r.db`), await dump(fx.path));
+});
+
+Deno.test("Replica.enforceRetention() uploads nothing for an idle database whose snapshots expired", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path, {}, { retentionMs: 60_000 });
+  await fx.sync();
+  const gen = fx.db.generation!;
+  const [s] = await sortedSnapshots(fx.client, gen);
+  await age(`${fx.replicaPath}/${snapshotKey(gen, s.index)}`, 120_000);
+  await fx.replica.enforceRetention();
+  const snaps = await sortedSnapshots(fx.client, gen);
+  assert.equal(snaps.length, 1, "the only snapshot is kept, not replaced");
+  assert.ok(Date.now() - snaps[0].createdAt.getTime() >= 100_000, "no new snapshot was uploaded");
+});
+
+Deno.test("Replica.enforceRetention() snapshots a changed database whose snapshots expired", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path, {}, { retentionMs: 60_000 });
+  await using w = new Writer(fx.path);
+  await fx.sync();
+  const gen = fx.db.generation!;
+  const [s] = await sortedSnapshots(fx.client, gen);
+  await age(`${fx.replicaPath}/${snapshotKey(gen, s.index)}`, 120_000);
+  await w.exec("INSERT INTO t (v) VALUES ('changed')");
+  await fx.sync();
+  await fx.replica.enforceRetention();
+  const snaps = await sortedSnapshots(fx.client, gen);
+  assert.equal(snaps.length, 1);
+  assert.ok(Date.now() - snaps[0].createdAt.getTime() < 60_000, "a fresh snapshot replaced it");
+  await restore(fx.client, { outputPath: `${dir.path}/r.db` });
+  assert.equal(await dump(`${dir.path}/r.db`), await dump(fx.path));
+});
