@@ -134,3 +134,17 @@ Deno.test("Replica.enforceRetention() snapshots a changed database whose snapsho
   await restore(fx.client, { outputPath: `${dir.path}/r.db` });
   assert.equal(await dump(`${dir.path}/r.db`), await dump(fx.path));
 });
+
+Deno.test("FileReplicaClient removes .tmp files a killed writer left behind", async () => {
+  await using dir = await tempDir();
+  const { FileReplicaClient } = await import("../src/clients/file.ts");
+  const gen = "0123456789abcdef";
+  const walDir = `${dir.path}/generations/${gen}/wal`;
+  await Deno.mkdir(walDir, { recursive: true });
+  await Deno.writeTextFile(`${walDir}/00000000_00009999.wal.lz4.tmp`, "partial");
+  // A new process's client: the first write into the directory clears the leftovers.
+  const client = new FileReplicaClient(dir.path);
+  await client.writeWalSegment({ generation: gen, index: 0, offset: 0 }, new Uint8Array([1, 2, 3]));
+  const names = (await Array.fromAsync(Deno.readDir(walDir))).map((e) => e.name);
+  assert.deepEqual(names, ["00000000_00000000.wal.lz4"]);
+});

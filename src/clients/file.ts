@@ -32,7 +32,7 @@ export class FileReplicaClient implements ReplicaClient {
   readonly type = "file";
   /** Absolute root directory of the replica. */
   readonly root: string;
-  #madeDirs = new Set<string>();
+  #dirs = new Map<string, Promise<void>>();
 
   constructor(root: string) {
     this.root = absPath(root);
@@ -140,13 +140,25 @@ export class FileReplicaClient implements ReplicaClient {
 
   async #write(path: string, data: Body, signal?: AbortSignal): Promise<number> {
     const dir = dirname(path);
-    if (!this.#madeDirs.has(dir)) {
-      await mkdirp(dir);
-      // New directories must themselves be durable before files in them are.
-      await fsyncDir(dirname(dir));
-      this.#madeDirs.add(dir);
+    let ready = this.#dirs.get(dir);
+    if (!ready) {
+      // Once per directory, before any write into it (concurrent writers share this).
+      ready = prepareDir(dir);
+      this.#dirs.set(dir, ready);
+      ready.catch(() => this.#dirs.delete(dir));
     }
+    await ready;
     return await writeFileAtomic(path, data, { signal });
+  }
+}
+
+async function prepareDir(dir: string): Promise<void> {
+  await mkdirp(dir);
+  // New directories must themselves be durable before files in them are.
+  await fsyncDir(dirname(dir));
+  // A process killed mid-write leaves `<name>.tmp` behind: remove such leftovers.
+  for await (const e of Deno.readDir(dir)) {
+    if (e.isFile && e.name.endsWith(".tmp")) await removeIfExists(`${dir}/${e.name}`);
   }
 }
 
