@@ -124,6 +124,10 @@ export class Db implements AsyncDisposable {
   #replicaIndexes = new Map<string, Pos>();
   #lastCheckpointAt = Date.now();
   #checkpointedAt?: { index: number; size: number };
+  // Set when our own checkpoint backfilled the whole WAL while we held the write lock: the
+  // shadow then holds every frame of that WAL life, so its successor can be followed
+  // whatever the restarted WAL overwrote or truncated.
+  #sealed?: { index: number; size: number };
   #forceNewGeneration?: string;
   #abort?: AbortController;
   #monitorDone: Promise<void> = Promise.resolve();
@@ -235,8 +239,8 @@ export class Db implements AsyncDisposable {
         changed = true;
       } else {
         if (verdict.kind === "next") {
-          // Finish the old life from its intact tail, then follow the new one.
-          await this.#copyFrames();
+          // Finish the old life from its intact tail (unless sealed), then follow the new one.
+          if (!this.#isSealed()) await this.#copyFrames();
           await this.#startShadowIndex(this.#shadow!.index + 1, wal.bytes);
           changed = true;
         }
@@ -401,6 +405,11 @@ export class Db implements AsyncDisposable {
       return { kind: "new", reason: "wal header invalid" };
     }
     const same = bytesEqual(walHeaderBytes, sh.headerBytes);
+    if (!same && this.#isSealed()) {
+      return isNextWalHeader(sh.header, decodeWalHeader(walHeaderBytes))
+        ? { kind: "next" }
+        : { kind: "new", reason: "wal restarted more than once since last checkpoint" };
+    }
     if (!same) {
       if (sh.size <= WAL_HEADER_SIZE) return { kind: "new", reason: "wal header only, mismatched" };
       if (!isNextWalHeader(sh.header, decodeWalHeader(walHeaderBytes))) {
@@ -496,6 +505,11 @@ export class Db implements AsyncDisposable {
     return n;
   }
 
+  #isSealed(): boolean {
+    const sh = this.#shadow;
+    return !!sh && this.#sealed?.index === sh.index && this.#sealed.size === sh.size;
+  }
+
   #checkpointMode(walSize: number): CheckpointMode | undefined {
     const sh = this.#shadow;
     if (!sh) return undefined;
@@ -556,6 +570,8 @@ export class Db implements AsyncDisposable {
       write.exec("ROLLBACK");
     }
     const complete = result.busy === 0 && result.checkpointed === result.log;
+    const sh = this.#shadow!;
+    if (complete) this.#sealed = { index: sh.index, size: sh.size };
     if (!complete && mode === "RESTART") {
       // Forced, as v0.3.13 does at max-checkpoint-page-count: wait for readers on old
       // snapshots. Frames committed meanwhile stay in the old life's tail, which the next
@@ -575,7 +591,6 @@ export class Db implements AsyncDisposable {
         this.#wake.notify();
       }
     }
-    const sh = this.#shadow!;
     if (complete || result.busy === 0) this.#checkpointedAt = { index: sh.index, size: sh.size };
     this.#lastCheckpointAt = Date.now();
     this.metrics.checkpointCount[mode] = (this.metrics.checkpointCount[mode] ?? 0) + 1;
