@@ -183,7 +183,10 @@ export class Db implements AsyncDisposable {
       await this.sync();
     } catch (err) {
       // A database that is not SQLite, or cannot be put in WAL mode, is a hard error.
-      if (err instanceof SyntaxError || err instanceof RangeError) throw err;
+      if (
+        err instanceof SyntaxError || err instanceof RangeError ||
+        err instanceof Deno.errors.NotFound
+      ) throw err;
       this.log.error("sync failed", { error: describeError(err) });
     }
     if (this.monitorIntervalMs > 0) this.#monitorDone = this.#monitor(this.#abort.signal);
@@ -229,10 +232,19 @@ export class Db implements AsyncDisposable {
     try {
       let changed = false;
       this.#ensureWalExists();
-      const wal = await this.#readWalHeader();
-      const verdict = this.#forceNewGeneration
-        ? { kind: "new" as const, reason: this.#forceNewGeneration }
+      let wal = await this.#readWalHeader();
+      let verdict: Verdict = this.#forceNewGeneration
+        ? { kind: "new", reason: this.#forceNewGeneration }
         : await this.#verify(wal.bytes, wal.size);
+      // SQLite writes a restarted WAL's header before its first frame: if the header changed
+      // while we checked, the tail we saw overwritten is the restart's, so check again
+      // against the new header rather than start a needless generation.
+      for (let i = 0; i < 3 && verdict.kind === "new" && !this.#forceNewGeneration; i++) {
+        const again = await this.#readWalHeader();
+        if (bytesEqual(again.bytes, wal.bytes)) break;
+        wal = again;
+        verdict = await this.#verify(wal.bytes, wal.size);
+      }
       this.#forceNewGeneration = undefined;
       if (verdict.kind === "new") {
         await this.#createGeneration(verdict.reason);
@@ -285,7 +297,18 @@ export class Db implements AsyncDisposable {
     this.#dbFile = Deno.openSync(this.path, { read: true });
     const ckpt = new Connection(this.path, { busyTimeoutMs: this.busyTimeoutMs });
     try {
-      const row = ckpt.get<{ journal_mode: string }>("PRAGMA journal_mode = wal");
+      let row: { journal_mode: string } | undefined;
+      try {
+        row = ckpt.get<{ journal_mode: string }>("PRAGMA journal_mode = wal");
+      } catch (err) {
+        if ((err as { errcode?: number }).errcode === 8) { // SQLITE_READONLY
+          throw new RangeError(
+            `Cannot replicate "${this.path}": it cannot be put in WAL mode (database is read-only)`,
+            { cause: err },
+          );
+        }
+        throw err;
+      }
       const mode = String(row?.journal_mode ?? "").toLowerCase();
       if (mode !== "wal") {
         throw new RangeError(

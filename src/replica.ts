@@ -176,6 +176,16 @@ export class Replica implements AsyncDisposable {
     this.#report();
   }
 
+  /** Where the store's segments of one WAL index end (0 when it has none). */
+  async #storeEnd(generation: string, index: number, options: CallOptions): Promise<number> {
+    const segs = (await sortedWalSegments(this.client, generation, options))
+      .filter((s) => s.index === index);
+    const last = segs.at(-1);
+    if (!last) return 0;
+    const data = lz4Decompress(await readAll(await this.client.openWalSegment(last, options)));
+    return last.offset + data.length;
+  }
+
   async #upload(options: CallOptions): Promise<void> {
     for (;;) {
       options.signal?.throwIfAborted();
@@ -255,7 +265,16 @@ export class Replica implements AsyncDisposable {
       // from the snapshot always replays it, which also repairs pages a checkpoint by
       // another process wrote while we read the database file.
       if (!this.#pos || this.#pos.generation !== pos.generation || this.#pos.index !== pos.index) {
-        this.#pos = { generation: pos.generation, index: pos.index, offset: 0 };
+        // Continue after what an interrupted run already stored for this index: uploading
+        // it again from offset 0 would leave segments that overlap.
+        const end = await this.#storeEnd(pos.generation, pos.index, options);
+        if (end > pos.offset) {
+          this.db.requestNewGeneration("replica ahead of shadow wal");
+          throw new Error(
+            `Replica "${this.name}" holds WAL index ${pos.index} up to ${end}, beyond the local ${pos.offset}`,
+          );
+        }
+        this.#pos = { generation: pos.generation, index: pos.index, offset: end };
       }
       await this.#upload(options);
       const info = await this.client.writeSnapshot(
@@ -322,7 +341,7 @@ export class Replica implements AsyncDisposable {
 
   async #monitor(signal: AbortSignal): Promise<void> {
     let backoff = 0;
-    let last = 0;
+    let last = -Infinity; // the first upload runs at once (performance.now() starts near 0)
     while (!signal.aborted) {
       if (backoff > 0) await this.#wake!.wait(backoff, signal);
       else await this.#wake!.wait(undefined, signal);

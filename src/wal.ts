@@ -266,14 +266,17 @@ export function lastChecksum(data: Uint8Array, pageSize: number): [number, numbe
 
 /**
  * Returns true when `next` is the header SQLite writes when it restarts the WAL right after
- * the life described by `prev`: same format and page size, checkpoint sequence + 1 and
- * salt-1 + 1 (SQLite's walRestartHdr). Any other change means at least one whole WAL life
- * went by unseen.
+ * the life described by `prev`: same format and page size and salt-1 + 1 (SQLite's
+ * walRestartHdr). Any other change means at least one whole WAL life went by unseen.
+ *
+ * The checkpoint sequence is not compared: SQLite writes the restarting connection's own
+ * counter (`Wal.nCkpt`, read from the file only at recovery), so it does not grow by one
+ * when two connections take turns restarting the WAL. Salt-1 lives in the shared wal-index
+ * header and grows by exactly one per restart, whichever connection restarts.
  */
 export function isNextWalHeader(prev: WalHeader, next: WalHeader): boolean {
   return prev.littleEndian === next.littleEndian &&
     prev.pageSize === next.pageSize &&
-    next.checkpointSeq === ((prev.checkpointSeq + 1) >>> 0) &&
     next.salt1 === ((prev.salt1 + 1) >>> 0);
 }
 

@@ -148,3 +148,29 @@ Deno.test("FileReplicaClient removes .tmp files a killed writer left behind", as
   const names = (await Array.fromAsync(Deno.readDir(walDir))).map((e) => e.name);
   assert.deepEqual(names, ["00000000_00000000.wal.lz4"]);
 });
+
+Deno.test("Replica snapshots after an interrupted start without re-uploading overlapping WAL", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path);
+  await using w = new Writer(fx.path);
+  await fx.sync();
+  await w.exec("INSERT INTO t (v) VALUES ('second segment')");
+  await fx.sync();
+  const gen = fx.db.generation!;
+  // As if the process stopped after uploading WAL segments but before the snapshot landed.
+  for (const s of await sortedSnapshots(fx.client, gen)) {
+    await Deno.remove(`${fx.replicaPath}/${snapshotKey(s.generation, s.index)}`);
+  }
+  const before = await sortedWalSegments(fx.client, gen);
+  assert.ok(before.length >= 2);
+  await fx.reopen();
+  await fx.sync();
+  const after = await sortedWalSegments(fx.client, gen);
+  assert.deepEqual(
+    after.slice(0, before.length).map((s) => [s.index, s.offset, s.size]),
+    before.map((s) => [s.index, s.offset, s.size]),
+  );
+  assert.equal((await sortedSnapshots(fx.client, gen)).length, 1);
+  await restore(fx.client, { outputPath: `${dir.path}/r.db` });
+  assert.equal(await dump(`${dir.path}/r.db`), await dump(fx.path));
+});

@@ -43,6 +43,16 @@ function onePositional(positionals: string[]): string {
   return positionals[0];
 }
 
+/**
+ * Truncates a lag toward zero as v0.3.13's `truncateDuration` does: to the second above
+ * 10 s, to 100 ms above 1 s, else to the millisecond.
+ */
+function truncateLag(ms: number): number {
+  const abs = Math.abs(ms);
+  const unit = abs > 10_000 ? 1_000 : abs > 1_000 ? 100 : 1;
+  return Math.trunc(ms / unit) * unit;
+}
+
 async function mtimeOf(path: string): Promise<number | undefined> {
   try {
     return (await Deno.stat(path)).mtime?.getTime();
@@ -57,7 +67,10 @@ export async function runGenerations(args: string[]): Promise<number> {
   // Lag is measured from the database's last change (its WAL or file mtime), or now.
   let ref = Date.now();
   if (target.db) {
-    ref = (await mtimeOf(`${target.db.path}-wal`)) ?? (await mtimeOf(target.db.path)) ?? ref;
+    // v0.3.13's DB.UpdatedAt: the database file's mtime, or the WAL's if later.
+    const dbTime = await mtimeOf(target.db.path);
+    const walTime = await mtimeOf(`${target.db.path}-wal`);
+    if (dbTime !== undefined) ref = Math.max(dbTime, walTime ?? dbTime);
   }
   const rows: string[][] = [];
   for (const r of target.replicas) {
@@ -71,7 +84,7 @@ export async function runGenerations(args: string[]): Promise<number> {
       rows.push([
         r.name,
         gen,
-        formatGoDuration(Math.trunc((ref - end) / 1000) * 1000 || ref - end),
+        formatGoDuration(truncateLag(ref - end)),
         formatTime(new Date(start)),
         formatTime(new Date(end)),
       ]);

@@ -59,7 +59,7 @@ export async function main(args: string[]): Promise<number> {
   }
   const command = COMMANDS[cmd];
   if (!command) {
-    printError(`litestream: unknown command "${cmd}"\nRun 'litestream help' for usage.`);
+    printError(`litestream: unknown command "${cmd}" (run 'litestream help' for usage)`);
     return 2;
   }
   try {
@@ -74,7 +74,17 @@ export async function main(args: string[]): Promise<number> {
       print(command.usage);
       return 0;
     }
-    printError(`litestream: ${describeError(err)}`);
+    printError(`litestream: ${describeAll(err)}`);
     return findCause(err, UsageError) ? 2 : 1;
   }
+}
+
+/**
+ * {@linkcode describeError}, plus the errors an `AggregateError` holds (a shutdown that
+ * failed in several steps), all on one line.
+ */
+function describeAll(err: unknown): string {
+  const head = describeError(err);
+  if (!(err instanceof AggregateError) || err.errors.length === 0) return head;
+  return `${head}: ${err.errors.map(describeError).join("; ")}`;
 }

@@ -8,8 +8,8 @@ import { CONFIG_FLAGS, isUrl, readConfig } from "./common.ts";
 import { type Config, replicaConfigFromUrl } from "../config.ts";
 import { Store } from "../store.ts";
 import { consoleSink, Logger } from "../log.ts";
-import { UsageError } from "../errors.ts";
-import { absPath } from "../internal/fs.ts";
+import { describeError, UsageError } from "../errors.ts";
+import { absPath, dirname, exists } from "../internal/fs.ts";
 
 export const FLAGS = {
   ...CONFIG_FLAGS,
@@ -88,9 +88,37 @@ export async function run(args: string[], baseLog: Logger): Promise<number> {
     }),
   );
   if (config.dbs.length === 0) log.warn("no databases specified in configuration");
+  // A database may be created after we start, but not in a directory that does not exist:
+  // that is a typo, and waiting for it would retry forever.
+  for (const db of config.dbs) {
+    if (!(await exists(dirname(db.path)))) {
+      throw new Deno.errors.NotFound(
+        `Cannot replicate "${db.path}": directory "${dirname(db.path)}" does not exist`,
+      );
+    }
+  }
 
-  const store = await Store.fromConfig(config, log);
-  await store.open();
+  // Listen before opening anything: a signal during startup (the first sync can take a
+  // while) must still end in a final sync and exit 0, as in v0.3.13, not in the default kill.
+  const stop = Promise.withResolvers<{ signal?: Deno.Signal; childCode?: number }>();
+  const handlers: [Deno.Signal, () => void][] = [];
+  for (const sig of ["SIGINT", "SIGTERM"] as Deno.Signal[]) {
+    const h = () => stop.resolve({ signal: sig });
+    Deno.addSignalListener(sig, h);
+    handlers.push([sig, h]);
+  }
+  const removeHandlers = () => {
+    for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
+  };
+
+  let store: Store;
+  try {
+    store = await Store.fromConfig(config, log);
+    await store.open();
+  } catch (err) {
+    removeHandlers();
+    throw err;
+  }
 
   const ac = new AbortController();
   let server: Deno.HttpServer | undefined;
@@ -116,25 +144,26 @@ export async function run(args: string[], baseLog: Logger): Promise<number> {
 
   let child: Deno.ChildProcess | undefined;
   if (execArgv) {
-    child = new Deno.Command(execArgv[0], {
-      args: execArgv.slice(1),
-      stdin: "null",
-      stdout: "inherit",
-      stderr: "inherit",
-    }).spawn();
+    try {
+      child = new Deno.Command(execArgv[0], {
+        args: execArgv.slice(1),
+        stdin: "null",
+        stdout: "inherit",
+        stderr: "inherit",
+      }).spawn();
+    } catch (err) {
+      removeHandlers();
+      ac.abort();
+      await server?.finished;
+      await store.close().catch((e) => log.error("close failed", { error: describeError(e) }));
+      throw new Error(`Cannot run -exec command "${execArgv[0]}"`, { cause: err });
+    }
   }
 
   // Wait for a signal or for the child to exit.
-  const stop = Promise.withResolvers<{ signal?: Deno.Signal; childCode?: number }>();
-  const handlers: [Deno.Signal, () => void][] = [];
-  for (const sig of ["SIGINT", "SIGTERM"] as Deno.Signal[]) {
-    const h = () => stop.resolve({ signal: sig });
-    Deno.addSignalListener(sig, h);
-    handlers.push([sig, h]);
-  }
   child?.status.then((s) => stop.resolve({ childCode: s.code }));
   const why = await stop.promise;
-  for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
+  removeHandlers();
 
   let code = 0;
   if (why.signal) {
@@ -153,5 +182,9 @@ export async function run(args: string[], baseLog: Logger): Promise<number> {
   await server?.finished;
   await store.close();
   log.info("litestream shut down");
+  if (code !== 0) {
+    // After the final sync, so the exit code is the only thing the child's failure changes.
+    throw new Error(`-exec command "${execLine}" exited with code ${why.childCode}`);
+  }
   return code;
 }
