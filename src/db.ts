@@ -10,7 +10,7 @@
  *    so no committed frame can be lost between the last copy and the restart.
  * 3. On every sync the real WAL is checked against the shadow: the same life (header equal
  *    and the last copied frame unchanged), the next life (SQLite's restart header: salt-1
- *    and checkpoint sequence + 1, old tail intact), or else a new generation.
+ *    + 1, old tail intact), or else a new generation.
  *
  * @module
  */

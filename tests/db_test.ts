@@ -207,11 +207,16 @@ Deno.test("Db.open() rejects a file that is not a SQLite database and writes not
 
 Deno.test("Db keeps its generation through its own TRUNCATE checkpoint and shrinks the WAL", async () => {
   await using dir = await tempDir();
-  await using fx = await openTestDb(dir.path, { truncatePageCount: 60, minCheckpointPageCount: 1000 });
+  await using fx = await openTestDb(dir.path, {
+    truncatePageCount: 60,
+    minCheckpointPageCount: 1000,
+  });
   await using w = new Writer(fx.path);
   await fx.sync();
   const gen = fx.db.generation;
-  await w.exec("INSERT INTO t (v) SELECT randomblob(3000) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<80) SELECT x FROM c)");
+  await w.exec(
+    "INSERT INTO t (v) SELECT randomblob(3000) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<80) SELECT x FROM c)",
+  );
   const big = (await Deno.stat(`${fx.path}-wal`)).size;
   await fx.sync(); // copies, then truncates
   await fx.sync(); // follows the next WAL life
@@ -229,12 +234,16 @@ Deno.test("Db follows a WAL restarted by a write larger than the life it checkpo
   await using dir = await tempDir();
   await using fx = await openTestDb(dir.path, { minCheckpointPageCount: 10 });
   await using w = new Writer(fx.path);
-  await w.exec("INSERT INTO t (v) SELECT randomblob(2000) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<12) SELECT x FROM c)");
+  await w.exec(
+    "INSERT INTO t (v) SELECT randomblob(2000) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<12) SELECT x FROM c)",
+  );
   await fx.sync(); // copies and checkpoints the whole life
   const gen = fx.db.generation;
   // One transaction restarts the WAL and writes far past where the old life ended,
   // overwriting every frame we had copied, before we sync again.
-  await w.exec("INSERT INTO t (v) SELECT randomblob(3000) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<60) SELECT x FROM c)");
+  await w.exec(
+    "INSERT INTO t (v) SELECT randomblob(3000) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<60) SELECT x FROM c)",
+  );
   await fx.sync();
   assert.equal(fx.db.generation, gen, "no new generation: the old life was complete");
   assert.equal(fx.db.pos()!.index, 1);

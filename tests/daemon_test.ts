@@ -1,0 +1,220 @@
+/**
+ * Our `replicate` daemon as a process under real load: a `sqlite3` process writes while it
+ * runs, and it is killed, signalled and left idle.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { dump, integrity, sqliteAsync, tempDir, waitFor, Writer } from "./_helpers.ts";
+import {
+  createLoadDb,
+  Daemon,
+  prepareWriter,
+  replicaFiles,
+  rowCount,
+  settled,
+  sleep,
+  waitForReplica,
+  walSegmentNames,
+  writeConfig,
+  writeLoad,
+} from "./_daemon.ts";
+import { restore } from "../src/restore.ts";
+import { FileReplicaClient } from "../src/clients/file.ts";
+import { calcWalSize } from "../src/wal.ts";
+
+/** Restores the replica with our library into `out`; returns the dump after an integrity check. */
+async function restoredDump(replica: string, out: string): Promise<string> {
+  await restore(new FileReplicaClient(replica), { outputPath: out });
+  assert.equal(await integrity(out), "ok");
+  return await dump(out);
+}
+
+/** A database with an open writer and a config file; `replica` is the replica directory. */
+async function setup(
+  dir: string,
+  keys: Parameters<typeof writeConfig>[3] = {},
+): Promise<{ db: string; replica: string; config: string; w: Writer }> {
+  const db = `${dir}/app.db`, replica = `${dir}/replica`;
+  const w = new Writer(db);
+  await prepareWriter(w);
+  await createLoadDb(w);
+  const config = await writeConfig(`${dir}/litestream.yml`, db, replica, keys);
+  return { db, replica, config, w };
+}
+
+Deno.test("our replicate survives kill -9 mid-stream while the application keeps writing", async () => {
+  await using dir = await tempDir();
+  const { db, replica, config, w } = await setup(dir.path, {
+    db: { "min-checkpoint-page-count": 50 },
+  });
+  await using _w = w;
+  const first = Daemon.ours(["replicate", "-config", config]);
+  try {
+    await waitForReplica(replica, 1, 15_000, first);
+    const load = writeLoad(w, { txns: 60, pauseMs: 10, tag: "a" });
+    await waitFor(async () => (await walSegmentNames(replica)).length >= 6, 10_000, "uploads");
+    const killed = await first.stop("SIGKILL");
+    assert.equal(killed.signal, "SIGKILL");
+    await load;
+  } finally {
+    await first[Symbol.asyncDispose]();
+  }
+  // Written while no replicator runs.
+  await writeLoad(w, { txns: 10, pauseMs: 0, tag: "b" });
+  const second = Daemon.ours(["replicate", "-config", config]);
+  try {
+    await waitFor(() => /initialized db/.test(second.log), 15_000, "restart");
+    await writeLoad(w, { txns: 30, pauseMs: 10, tag: "c" });
+  } finally {
+    await second.stopCleanly("SIGTERM");
+  }
+  assert.equal(await rowCount(w), 1 + 100 * 5 - 34);
+  assert.equal(await restoredDump(replica, `${dir.path}/r.db`), await dump(db));
+});
+
+Deno.test("the WAL stays bounded while big transactions push far past the checkpoint thresholds", async () => {
+  await using dir = await tempDir();
+  const { db, replica, config, w } = await setup(dir.path, {
+    db: { "min-checkpoint-page-count": 100, "max-checkpoint-page-count": 1000 },
+  });
+  await using _w = w;
+  // The application leaves checkpointing to the replicator, as Litestream recommends.
+  await w.exec("PRAGMA wal_autocheckpoint = 0");
+  const txns = 48, rowsPerTxn = 150;
+  await using daemon = Daemon.ours(["replicate", "-config", config]);
+  await waitForReplica(replica, 1, 15_000, daemon);
+  let maxWal = 0, samples = 0, sampling = true;
+  const sampler = (async () => {
+    while (sampling) {
+      try {
+        maxWal = Math.max(maxWal, (await Deno.stat(`${db}-wal`)).size);
+        samples++;
+      } catch { /* between a truncate and the next write */ }
+      await sleep(10);
+    }
+  })();
+  try {
+    // Each row is one 3000-byte blob: one leaf page, so a transaction writes > 150 pages.
+    await writeLoad(w, { txns, rows: rowsPerTxn, blob: 3000, pauseMs: 10, tag: "big" });
+  } finally {
+    sampling = false;
+    await sampler;
+  }
+  await daemon.stopCleanly("SIGTERM");
+  const written = txns * rowsPerTxn * 4096;
+  // At most max-checkpoint-page-count plus the transactions committed while we checkpoint.
+  const bound = calcWalSize(4096, 1000 + 2 * (rowsPerTxn + 20));
+  assert.ok(samples > 20, `sampled the WAL size ${samples} times`);
+  assert.ok(written > 4 * bound, "the load is far larger than the bound");
+  assert.ok(maxWal <= bound, `WAL grew to ${maxWal} bytes (bound ${bound})`);
+  const segments = await walSegmentNames(replica);
+  assert.ok(new Set(segments.map((s) => s.index)).size > 10, "the WAL restarted many times");
+  assert.equal(
+    new Set(segments.map((s) => s.generation)).size,
+    1,
+    `every restart was followed without a new generation; log:\n${daemon.log}`,
+  );
+  assert.equal(await restoredDump(replica, `${dir.path}/r.db`), await dump(db));
+});
+
+Deno.test("a commit reaches the file replica through the WAL watcher when the poll interval is an hour", async () => {
+  await using dir = await tempDir();
+  const { db, replica, config, w } = await setup(dir.path, { db: { "monitor-interval": "1h" } });
+  await using _w = w;
+  await using daemon = Daemon.ours(["replicate", "-config", config]);
+  await waitForReplica(replica, 1, 15_000, daemon);
+  const before = (await settled(replica)).length;
+  await sqliteAsync(db, "INSERT INTO t (v) VALUES ('watched')");
+  await waitFor(
+    async () => (await replicaFiles(replica)).length > before,
+    10_000,
+    "a WAL segment uploaded without the poll",
+  );
+  await daemon.stopCleanly("SIGTERM");
+  const restored = await restoredDump(replica, `${dir.path}/r.db`);
+  assert.match(restored, /'watched'/);
+  assert.equal(restored, await dump(db));
+});
+
+Deno.test("an idle database uploads nothing and its WAL is left untouched", async () => {
+  await using dir = await tempDir();
+  const { db, replica, config, w } = await setup(dir.path);
+  await using _w = w;
+  await using daemon = Daemon.ours(["replicate", "-config", config]);
+  await waitForReplica(replica, 1, 15_000, daemon);
+  const before = await settled(replica);
+  const walBefore = await Deno.stat(`${db}-wal`);
+  await sleep(3_000);
+  assert.deepEqual(await replicaFiles(replica), before, "no file appeared or changed");
+  const walAfter = await Deno.stat(`${db}-wal`);
+  assert.equal(walAfter.size, walBefore.size);
+  assert.equal(walAfter.mtime?.getTime(), walBefore.mtime?.getTime());
+  assert.ok(daemon.running);
+  await daemon.stopCleanly("SIGTERM");
+});
+
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  Deno.test(`${signal} makes our replicate exit 0 after a final sync of the last commit`, async () => {
+    await using dir = await tempDir();
+    // An hour between uploads: the last commit can only reach the replica in the final sync.
+    const { db, replica, config, w } = await setup(dir.path, {
+      replica: { "sync-interval": "1h" },
+    });
+    await using _w = w;
+    const daemon = Daemon.ours(["replicate", "-config", config]);
+    try {
+      await waitForReplica(replica, 1, 15_000, daemon);
+      await settled(replica);
+      await w.exec(`INSERT INTO t (v) VALUES ('last before ${signal}')`);
+    } finally {
+      await daemon.stopCleanly(signal);
+    }
+    const restored = await restoredDump(replica, `${dir.path}/r.db`);
+    assert.match(restored, new RegExp(`'last before ${signal}'`));
+    assert.equal(restored, await dump(db));
+  });
+}
+
+Deno.test("SIGTERM while our replicate is still starting up exits 0 after a final sync", async () => {
+  await using dir = await tempDir();
+  const { db, replica, config, w } = await setup(dir.path);
+  await using _w = w;
+  // A large WAL makes the first sync (copying it into the shadow WAL) take a while.
+  await w.exec("PRAGMA wal_autocheckpoint = 0");
+  await writeLoad(w, { txns: 4, rows: 1000, blob: 3000, pauseMs: 0, tag: "big" });
+  const daemon = Daemon.ours(["replicate", "-config", config]);
+  try {
+    await waitFor(() => /initialized db/.test(daemon.log), 15_000, "startup");
+  } finally {
+    await daemon.stopCleanly("SIGTERM");
+  }
+  assert.equal(await restoredDump(replica, `${dir.path}/r.db`), await dump(db));
+});
+
+Deno.test("two application processes restarting the WAL in turn keep one generation", async () => {
+  await using dir = await tempDir();
+  const { db, replica, config, w } = await setup(dir.path, {
+    db: { "min-checkpoint-page-count": 50 },
+  });
+  await using _w = w;
+  // SQLite writes the restarting connection's own checkpoint counter into the WAL header,
+  // so restarts by two connections do not count up by one.
+  await using w2 = new Writer(db);
+  await prepareWriter(w2);
+  await using daemon = Daemon.ours(["replicate", "-config", config]);
+  await waitForReplica(replica, 1, 15_000, daemon);
+  for (let i = 0; i < 16; i++) {
+    await writeLoad(i % 2 ? w2 : w, { txns: 4, pauseMs: 10, tag: `w${i % 2}-${i}` });
+  }
+  await daemon.stopCleanly("SIGTERM");
+  const segments = await walSegmentNames(replica);
+  const lives = new Set(segments.map((s) => `${s.generation}/${s.index}`)).size;
+  assert.ok(lives >= 4, `the WAL restarted several times (${lives} WAL indexes)`);
+  assert.equal(
+    new Set(segments.map((s) => s.generation)).size,
+    1,
+    `one generation; log:\n${daemon.log}`,
+  );
+  assert.equal(await restoredDump(replica, `${dir.path}/r.db`), await dump(db));
+});
