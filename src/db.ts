@@ -510,8 +510,14 @@ export class Db implements AsyncDisposable {
     {
       using out = await Deno.open(this.shadowWalPath(this.#generation!, sh.index), { write: true });
       await out.seek(sh.size, Deno.SeekMode.Start);
-      if (scan.data && scan.data.length >= n) {
-        await writeAll(out, scan.data.subarray(0, n));
+      const keptBytes = scan.data?.reduce((a, b) => a + b.length, 0) ?? 0;
+      if (scan.data && keptBytes >= n) {
+        let left = n;
+        for (const part of scan.data) {
+          if (left <= 0) break;
+          await writeAll(out, part.subarray(0, Math.min(left, part.length)));
+          left -= part.length;
+        }
       } else {
         for (let off = sh.size; off < scan.end; off += SCAN_CHUNK) {
           await writeAll(out, await readAt(wal, off, Math.min(SCAN_CHUNK, scan.end - off)));
@@ -827,9 +833,10 @@ async function writeAll(f: Deno.FsFile, data: Uint8Array): Promise<void> {
 }
 
 /**
- * Scans frames of `file` from `start` (a frame boundary) to `size` in chunks, returning the
- * end of the last valid commit and the checksum there. With `keep`, the bytes of the first
- * chunk are returned too when the commit lies inside it (the common, small case).
+ * Scans frames of `file` from `start` (a frame boundary) to `size`, returning the end of the
+ * last valid commit and the checksum there. Reads grow from 16 frames (after a WAL restart
+ * the file keeps its old size, so most of it is stale and never needs reading). With `keep`,
+ * the bytes read are returned too while they stay under 8 MiB, to copy without re-reading.
  */
 async function scanFile(
   file: Deno.FsFile,
@@ -838,20 +845,26 @@ async function scanFile(
   header: WalHeader,
   seed: readonly [number, number],
   keep = false,
-): Promise<{ end: number; checksum: [number, number]; data?: Uint8Array }> {
+): Promise<{ end: number; checksum: [number, number]; data?: Uint8Array[] }> {
   const fs = walFrameSize(header.pageSize);
-  const chunk = Math.max(1, Math.floor(SCAN_CHUNK / fs)) * fs;
+  const maxChunk = Math.max(1, Math.floor(SCAN_CHUNK / fs)) * fs;
+  let chunk = Math.min(16 * fs, maxChunk);
   let off = start;
   let sum: [number, number] = [seed[0], seed[1]];
   let end = start;
   let endSum: [number, number] = [seed[0], seed[1]];
-  let data: Uint8Array | undefined;
+  let data: Uint8Array[] | undefined = keep ? [] : undefined;
+  let kept = 0;
   const limit = frameAlign(size, header.pageSize);
   while (off + fs <= limit) {
     const buf = await readAt(file, off, Math.min(chunk, limit - off));
     const usable = buf.subarray(0, Math.floor(buf.length / fs) * fs);
     if (usable.length === 0) break;
-    if (keep && off === start) data = usable;
+    if (data) {
+      kept += usable.length;
+      if (kept <= SCAN_CHUNK) data.push(usable);
+      else data = undefined;
+    }
     const r = scanWalFrames(usable, header, sum);
     if (r.committedBytes > 0) {
       end = off + r.committedBytes;
@@ -860,6 +873,7 @@ async function scanFile(
     if (r.stop !== "end") break;
     sum = r.checksum;
     off += usable.length;
+    chunk = Math.min(chunk * 4, maxChunk);
   }
   return { end, checksum: endSum, data };
 }

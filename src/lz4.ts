@@ -242,7 +242,7 @@ function decompressIndependentBlock(src: Uint8Array, maxSize: number): Uint8Arra
 
 /** Streaming LZ4 frame writer producing exactly one frame, the way v0.3.13 writes them. */
 export class Lz4FrameEncoder {
-  #buf = new Uint8Array(LZ4_BLOCK_SIZE);
+  #buf: Uint8Array | undefined; // allocated on the first partial block only
   #len = 0;
   #hash = new Xxh32();
   #started = false;
@@ -258,11 +258,12 @@ export class Lz4FrameEncoder {
       if (this.#len === 0 && take === LZ4_BLOCK_SIZE) {
         out.push(...encodeBlock(data.subarray(i, i + take)));
       } else {
+        this.#buf ??= new Uint8Array(LZ4_BLOCK_SIZE);
         this.#buf.set(data.subarray(i, i + take), this.#len);
         this.#len += take;
         if (this.#len === LZ4_BLOCK_SIZE) {
           out.push(...encodeBlock(this.#buf));
-          this.#buf = new Uint8Array(LZ4_BLOCK_SIZE);
+          this.#buf = undefined; // encodeBlock may keep a view of it
           this.#len = 0;
         }
       }
@@ -275,22 +276,14 @@ export class Lz4FrameEncoder {
   finish(): Uint8Array[] {
     const out: Uint8Array[] = [];
     if (!this.#started) out.push(this.#header());
-    if (this.#len > 0) out.push(...encodeBlock(this.#buf.subarray(0, this.#len)));
-    const tail = new Uint8Array(8);
-    new DataView(tail.buffer).setUint32(4, this.#hash.digest(), true);
-    out.push(tail);
+    if (this.#len > 0) out.push(...encodeBlock(this.#buf!.subarray(0, this.#len)));
+    out.push(frameTrailer(this.#hash.digest()));
     return out;
   }
 
   #header(): Uint8Array {
     this.#started = true;
-    const h = new Uint8Array(7);
-    const v = new DataView(h.buffer);
-    v.setUint32(0, LZ4_FRAME_MAGIC, true);
-    h[4] = FLG_WRITE;
-    h[5] = BD_WRITE;
-    h[6] = (xxh32(h.subarray(4, 6)) >>> 8) & 0xff;
-    return h;
+    return frameHeader();
   }
 }
 
@@ -306,10 +299,30 @@ function encodeBlock(block: Uint8Array): Uint8Array[] {
   return [size, block.slice()];
 }
 
-/** Compresses `data` into one LZ4 frame. */
+/** Compresses `data` into one LZ4 frame, encoding blocks straight from `data`. */
 export function lz4Compress(data: Uint8Array): Uint8Array {
-  const enc = new Lz4FrameEncoder();
-  return concat([...enc.push(data), ...enc.finish()]);
+  const parts: Uint8Array[] = [frameHeader()];
+  for (let i = 0; i < data.length; i += LZ4_BLOCK_SIZE) {
+    parts.push(...encodeBlock(data.subarray(i, Math.min(data.length, i + LZ4_BLOCK_SIZE))));
+  }
+  parts.push(frameTrailer(xxh32(data)));
+  return concat(parts);
+}
+
+function frameHeader(): Uint8Array {
+  const h = new Uint8Array(7);
+  new DataView(h.buffer).setUint32(0, LZ4_FRAME_MAGIC, true);
+  h[4] = FLG_WRITE;
+  h[5] = BD_WRITE;
+  h[6] = (xxh32(h.subarray(4, 6)) >>> 8) & 0xff;
+  return h;
+}
+
+/** End mark and content checksum. */
+function frameTrailer(checksum: number): Uint8Array {
+  const tail = new Uint8Array(8);
+  new DataView(tail.buffer).setUint32(4, checksum, true);
+  return tail;
 }
 
 /** A TransformStream that compresses its input into one LZ4 frame. */
