@@ -1,0 +1,237 @@
+/**
+ * The two tools under test, run the same way a user runs them: our CLI as `deno run` with
+ * exactly the flags of the deno.json tasks, and the real Litestream v0.3.13 binary.
+ *
+ * @module
+ */
+import { litestreamBin } from "../../tests/_oracle.ts";
+import { type ProcStats, procStats, sleep } from "./util.ts";
+
+/** Which implementation a run uses. */
+export type Tool = "ours" | "v0.3.13";
+
+/** Both tools, ours first (the table's column order). */
+export const TOOLS: readonly Tool[] = ["ours", "v0.3.13"];
+
+/** Absolute path of the repository root. */
+export const REPO = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
+
+/** How to start each tool. */
+export interface ToolSet {
+  /** Path of the Litestream v0.3.13 binary. */
+  oracleBin: string;
+  /** `deno run` flags of the `replicate` task. */
+  replicateFlags: string[];
+  /** `deno run` flags of the `restore` task. */
+  restoreFlags: string[];
+}
+
+/** Reads the task flags from deno.json and locates (or installs) Litestream v0.3.13. */
+export async function loadTools(): Promise<ToolSet> {
+  const denoJson = JSON.parse(await Deno.readTextFile(`${REPO}/deno.json`));
+  return {
+    oracleBin: await litestreamBin(),
+    replicateFlags: taskFlags(denoJson.tasks?.replicate, "replicate"),
+    restoreFlags: taskFlags(denoJson.tasks?.restore, "restore"),
+  };
+}
+
+/** The words between `deno run` and `main.ts` of a task, e.g. `["--allow-read", …]`. */
+function taskFlags(task: unknown, name: string): string[] {
+  const words = typeof task === "string" ? task.trim().split(/\s+/) : [];
+  const run = words.indexOf("run");
+  const main = words.indexOf("main.ts");
+  if (words[0] !== "deno" || run !== 1 || main < run) {
+    throw new Error(`Cannot read the flags of task "${name}" from deno.json: "${String(task)}"`);
+  }
+  return words.slice(run + 1, main);
+}
+
+/** Program, arguments and working directory that run `litestream <sub> <args…>`. */
+export function toolArgv(
+  tools: ToolSet,
+  tool: Tool,
+  sub: "replicate" | "restore" | "version",
+  args: string[],
+): { cmd: string; args: string[]; cwd: string } {
+  if (tool === "v0.3.13") return { cmd: tools.oracleBin, args: [sub, ...args], cwd: REPO };
+  const flags = sub === "replicate" ? tools.replicateFlags : tools.restoreFlags;
+  // cwd is the repository so that deno.json (the import map) is found, as `deno task` does.
+  return {
+    cmd: Deno.execPath(),
+    args: ["run", ...flags, `${REPO}/main.ts`, sub, ...args],
+    cwd: REPO,
+  };
+}
+
+const live = new Set<Deno.ChildProcess>();
+
+/** Registers a child so {@linkcode killAll} ends it; it is forgotten once it exits. */
+export function track(child: Deno.ChildProcess): void {
+  live.add(child);
+  child.status.then(() => live.delete(child), () => live.delete(child));
+}
+
+/** Kills (SIGKILL) every child process this module started that is still running. */
+export function killAll(): void {
+  for (const child of live) {
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // already gone
+    }
+  }
+  live.clear();
+}
+
+/** Pipes a child's output into `file`, chunk by chunk. */
+async function drain(stream: ReadableStream<Uint8Array>, file: Deno.FsFile): Promise<void> {
+  for await (const chunk of stream) {
+    let o = 0;
+    while (o < chunk.length) o += file.writeSync(chunk.subarray(o));
+  }
+}
+
+/** A running `replicate` process of one tool, its output going to a log file. */
+export class Replicator {
+  readonly tool: Tool;
+  readonly pid: number;
+  /** `performance.now()` just before the process was spawned. */
+  readonly startedAt: number;
+  readonly logPath: string;
+  readonly #child: Deno.ChildProcess;
+  readonly #drained: Promise<unknown>;
+  readonly #log: Deno.FsFile;
+  #exit?: Deno.CommandStatus;
+
+  constructor(tools: ToolSet, tool: Tool, args: string[], logPath: string) {
+    this.tool = tool;
+    this.logPath = logPath;
+    const argv = toolArgv(tools, tool, "replicate", args);
+    this.#log = Deno.openSync(logPath, { write: true, create: true, append: true });
+    this.startedAt = performance.now();
+    this.#child = new Deno.Command(argv.cmd, {
+      args: argv.args,
+      cwd: argv.cwd,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    live.add(this.#child);
+    this.pid = this.#child.pid;
+    this.#drained = Promise.all([
+      drain(this.#child.stdout, this.#log),
+      drain(this.#child.stderr, this.#log),
+    ]);
+    this.#child.status.then((s) => {
+      this.#exit = s;
+      live.delete(this.#child);
+    });
+  }
+
+  /** True while the process runs. */
+  get running(): boolean {
+    return this.#exit === undefined;
+  }
+
+  /** CPU and memory so far; throws if the process already exited (it never should). */
+  async stats(): Promise<ProcStats> {
+    const s = this.running ? await procStats(this.pid) : undefined;
+    if (!s) throw new Error(`${this.tool} replicate exited early:\n${this.logTail()}`);
+    return s;
+  }
+
+  /** Last lines of the process's output, for error messages. */
+  logTail(lines = 15): string {
+    try {
+      return Deno.readTextFileSync(this.logPath).trimEnd().split("\n").slice(-lines).join("\n");
+    } catch {
+      return "(no log)";
+    }
+  }
+
+  /** Sends SIGTERM (both tools then sync one last time), waits, SIGKILL after `timeoutMs`. */
+  async stop(timeoutMs = 30_000): Promise<Deno.CommandStatus> {
+    if (this.running) {
+      try {
+        this.#child.kill("SIGTERM");
+      } catch {
+        // exited meanwhile
+      }
+      const killer = setTimeout(() => {
+        try {
+          this.#child.kill("SIGKILL");
+        } catch {
+          // exited meanwhile
+        }
+      }, timeoutMs);
+      await this.#child.status;
+      clearTimeout(killer);
+    }
+    await this.#drained;
+    this.#log.close();
+    return await this.#child.status;
+  }
+}
+
+/** Result of {@linkcode runTimed}. */
+export interface TimedRun {
+  /** Wall time from spawn to exit, in milliseconds. */
+  ms: number;
+  success: boolean;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a command to completion and measures its wall time (spawn to exit). */
+export async function runTimed(
+  argv: { cmd: string; args: string[]; cwd?: string },
+  stdin?: string,
+): Promise<TimedRun> {
+  const t0 = performance.now();
+  const child = new Deno.Command(argv.cmd, {
+    args: argv.args,
+    cwd: argv.cwd,
+    stdin: stdin === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  live.add(child);
+  try {
+    if (stdin !== undefined) {
+      const w = child.stdin.getWriter();
+      await w.write(new TextEncoder().encode(stdin));
+      await w.close();
+    }
+    const out = await child.output();
+    const ms = performance.now() - t0;
+    const dec = new TextDecoder();
+    return {
+      ms,
+      success: out.success,
+      stdout: dec.decode(out.stdout),
+      stderr: dec.decode(out.stderr),
+    };
+  } finally {
+    live.delete(child);
+  }
+}
+
+/** Runs `argv`, throwing with its stderr if it fails. */
+export async function runChecked(
+  argv: { cmd: string; args: string[]; cwd?: string },
+  stdin?: string,
+): Promise<TimedRun> {
+  const r = await runTimed(argv, stdin);
+  if (!r.success) {
+    throw new Error(
+      `"${argv.cmd} ${argv.args.join(" ")}" failed: ${r.stderr.trim().slice(-2000)}`,
+    );
+  }
+  return r;
+}
+
+/** Gives a replicator a moment to settle (used between phases). */
+export function settle(ms = 500): Promise<void> {
+  return sleep(ms);
+}
