@@ -14,7 +14,7 @@ import {
   sortedSnapshots,
   sortedWalSegments,
 } from "./replica_client.ts";
-import { lz4Compress, lz4CompressStream, lz4Decompress } from "./lz4.ts";
+import { lz4Compress, lz4CompressStream, lz4DecompressStream } from "./lz4.ts";
 import { delay, Mutex, type Wakeup } from "./internal/delay.ts";
 import { describeError } from "./errors.ts";
 import { type Logger, silentLogger } from "./log.ts";
@@ -156,8 +156,11 @@ export class Replica implements AsyncDisposable {
       pos = { generation: gen, index: maxSnap.index, offset: 0 };
     } else {
       const last = segments[segments.length - 1];
-      const data = lz4Decompress(await readAll(await this.client.openWalSegment(last, options)));
-      pos = { generation: gen, index: last.index, offset: last.offset + data.length };
+      pos = {
+        generation: gen,
+        index: last.index,
+        offset: last.offset + await this.#decodedLength(last, options),
+      };
     }
     // The store cannot be ahead of our own shadow WAL for the same generation.
     if (pos.index > dpos.index || (pos.index === dpos.index && pos.offset > dpos.offset)) {
@@ -187,8 +190,17 @@ export class Replica implements AsyncDisposable {
       .filter((s) => s.index === index);
     const last = segs.at(-1);
     if (!last) return 0;
-    const data = lz4Decompress(await readAll(await this.client.openWalSegment(last, options)));
-    return last.offset + data.length;
+    return last.offset + await this.#decodedLength(last, options);
+  }
+
+  /** Decoded size of a stored segment, streamed (a segment may hold a huge transaction). */
+  async #decodedLength(seg: Pos, options: CallOptions): Promise<number> {
+    const stream = (await this.client.openWalSegment(seg, options)).pipeThrough(
+      lz4DecompressStream(),
+    );
+    let n = 0;
+    for await (const chunk of stream) n += chunk.length;
+    return n;
   }
 
   async #upload(options: CallOptions): Promise<void> {
