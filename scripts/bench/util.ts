@@ -60,16 +60,7 @@ export async function waitUntil(
   }
 }
 
-/** True if `path` exists. */
-export async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return false;
-    throw err;
-  }
-}
+export { exists } from "../../src/internal/fs.ts";
 
 let clockTicks: number | undefined;
 
