@@ -222,19 +222,45 @@ function compressBlock(src: Uint8Array): Uint8Array | undefined {
   return out.length < src.length ? out : undefined;
 }
 
-function decompressIndependentBlock(src: Uint8Array, maxSize: number): Uint8Array {
-  const size = blockDecodedSize(src);
+/**
+ * Decodes one independent LZ4 block held in `framed` after 4 spare bytes (which this
+ * overwrites with the decoded size, as the `lz4-wasm` codec wants it). With `sizeHint`
+ * (the frame's maximum block size for a block that is not the last: encoders fill every
+ * block but the last), the block is decoded at once and only a block of another size
+ * pays for the {@linkcode blockDecodedSize} pass and a second attempt.
+ *
+ * @throws {SyntaxError} If the block is malformed or decodes to more than `maxSize` bytes.
+ */
+export function decodeFramedBlock(
+  framed: Uint8Array,
+  maxSize: number,
+  sizeHint?: number,
+): Uint8Array {
+  const view = new DataView(framed.buffer, framed.byteOffset, 4);
+  if (sizeHint !== undefined && sizeHint <= maxSize) {
+    view.setUint32(0, sizeHint, true);
+    try {
+      return wasm.decompress(framed);
+    } catch {
+      // Not that size (or corrupt): measure it, then decode once more to tell which.
+    }
+  }
+  const size = blockDecodedSize(framed.subarray(4));
   if (size > maxSize) {
     throw new SyntaxError(`Cannot decode LZ4 block: decodes to ${size} bytes, max is ${maxSize}`);
   }
-  const framed = new Uint8Array(src.length + 4);
-  new DataView(framed.buffer).setUint32(0, size, true);
-  framed.set(src, 4);
+  view.setUint32(0, size, true);
   try {
     return wasm.decompress(framed);
   } catch (err) {
     throw new SyntaxError("Cannot decode LZ4 block", { cause: err });
   }
+}
+
+function decompressIndependentBlock(src: Uint8Array, maxSize: number, last?: boolean): Uint8Array {
+  const framed = new Uint8Array(src.length + 4);
+  framed.set(src, 4);
+  return decodeFramedBlock(framed, maxSize, last === false ? maxSize : undefined);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -367,10 +393,11 @@ class ByteQueue {
     this.length += chunk.length;
   }
 
-  take(n: number): Uint8Array {
-    if (n === 0) return new Uint8Array(0);
+  /** Takes `n` bytes; with `reserve`, always as a fresh copy after that many spare bytes. */
+  take(n: number, reserve = 0): Uint8Array {
+    if (n === 0) return reserve ? new Uint8Array(reserve).subarray(reserve) : new Uint8Array(0);
     const first = this.#chunks[0];
-    if (first.length - this.#head >= n) {
+    if (!reserve && first.length - this.#head >= n) {
       const out = first.subarray(this.#head, this.#head + n);
       this.#head += n;
       if (this.#head === first.length) {
@@ -380,7 +407,7 @@ class ByteQueue {
       this.length -= n;
       return out;
     }
-    const out = new Uint8Array(n);
+    const out = new Uint8Array(reserve + n).subarray(reserve);
     let o = 0;
     while (o < n) {
       const c = this.#chunks[0];
@@ -395,6 +422,12 @@ class ByteQueue {
     }
     this.length -= n;
     return out;
+  }
+
+  /** Little-endian 32-bit word at `i`; the queue must hold at least `i + 4` bytes. */
+  peekUint32(i: number): number {
+    return (this.peekByte(i) | (this.peekByte(i + 1) << 8) | (this.peekByte(i + 2) << 16) |
+      (this.peekByte(i + 3) << 24)) >>> 0;
   }
 
   peekByte(i: number): number {
@@ -414,37 +447,73 @@ const MAX_BLOCK_SIZES: Record<number, number> = {
   7: 4 << 20,
 };
 
+/** One block of a frame as stored, handed out by {@linkcode Lz4FrameReader}. */
+export interface Lz4RawBlock {
+  /** The block's bytes: LZ4-compressed unless `stored`. */
+  data: Uint8Array;
+  /** Whether the block is stored uncompressed. */
+  stored: boolean;
+  /** Whether the frame's end mark follows; `undefined` when those bytes have not arrived. */
+  last: boolean | undefined;
+}
+
+/** Options of {@linkcode Lz4FrameReader}. */
+export interface Lz4FrameReaderOptions {
+  /**
+   * When set, every block's `data` is a fresh copy preceded by this many spare bytes in
+   * its own buffer (which the caller may then transfer or fill). By default `data` may be
+   * a view of the input.
+   */
+  reserve?: number;
+}
+
 /**
- * Streaming reader of exactly one LZ4 frame. Accepts every valid frame (independent or
- * linked blocks, stored blocks, block checksums, content size); verifies every checksum
- * present; rejects anything after the frame's end.
+ * Streaming parser of exactly one LZ4 frame down to its raw blocks: checks the header,
+ * block sizes and block checksums, and rejects anything after the frame's end. Decoding
+ * the blocks is the caller's, and so is hashing the content for {@linkcode verify}.
  */
-export class Lz4FrameDecoder {
+export class Lz4FrameReader {
   #q = new ByteQueue();
+  #reserve: number;
   #state: "header" | "block" | "checksum" | "done" = "header";
   #flg = 0;
   #maxBlock = 0;
   #contentSize: number | undefined;
-  #hash = new Xxh32();
-  #total = 0;
-  #history: Uint8Array | undefined; // linked blocks: last 64 KiB of output
+  #checksum: number | undefined;
 
-  /** Feeds encoded bytes; returns the decoded bytes ready so far. */
-  push(chunk: Uint8Array): Uint8Array[] {
+  constructor(options: Lz4FrameReaderOptions = {}) {
+    this.#reserve = options.reserve ?? 0;
+  }
+
+  /** Whether the header has been read. */
+  get started(): boolean {
+    return this.#state !== "header";
+  }
+
+  /** Whether blocks may refer back into earlier blocks (known once {@linkcode started}). */
+  get linked(): boolean {
+    return (this.#flg & 0x20) === 0;
+  }
+
+  /** The frame's maximum decoded block size (known once {@linkcode started}). */
+  get maxBlockSize(): number {
+    return this.#maxBlock;
+  }
+
+  /** Feeds encoded bytes; returns the blocks complete so far. */
+  push(chunk: Uint8Array): Lz4RawBlock[] {
     if (this.#state === "done") {
       if (chunk.length > 0) throw new SyntaxError("Cannot decode LZ4 frame: data after frame end");
       return [];
     }
     this.#q.push(chunk);
-    const out: Uint8Array[] = [];
+    const out: Lz4RawBlock[] = [];
     for (;;) {
       if (this.#state === "header") {
         if (!this.#parseHeader()) break;
       } else if (this.#state === "block") {
         if (this.#q.length < 4) break;
-        const b0 = this.#q.peekByte(0), b1 = this.#q.peekByte(1);
-        const b2 = this.#q.peekByte(2), b3 = this.#q.peekByte(3);
-        const word = (b0 | (b1 << 8) | (b2 << 16) | (b3 << 24)) >>> 0;
+        const word = this.#q.peekUint32(0);
         if (word === 0) {
           this.#q.take(4);
           this.#state = "checksum";
@@ -457,34 +526,25 @@ export class Lz4FrameDecoder {
           );
         }
         const blockChecksum = (this.#flg & 0x10) !== 0 ? 4 : 0;
-        if (this.#q.length < 4 + size + blockChecksum) break;
+        const end = 4 + size + blockChecksum;
+        if (this.#q.length < end) break;
         this.#q.take(4);
-        const data = this.#q.take(size);
+        const data = this.#q.take(size, this.#reserve);
         if (blockChecksum) {
-          const want = new DataView(this.#q.take(4).slice().buffer).getUint32(0, true);
+          const want = this.#q.peekUint32(0);
+          this.#q.take(4);
           if (xxh32(data) !== want) {
             throw new SyntaxError("Cannot decode LZ4 frame: block checksum mismatch");
           }
         }
-        const decoded = (word & STORED_BIT) !== 0
-          ? this.#storedBlock(data)
-          : this.#decodeBlock(data);
-        this.#hash.update(decoded);
-        this.#total += decoded.length;
-        out.push(decoded);
+        const last = this.#q.length >= 4 ? this.#q.peekUint32(0) === 0 : undefined;
+        out.push({ data, stored: (word & STORED_BIT) !== 0, last });
       } else if (this.#state === "checksum") {
         const need = (this.#flg & 0x04) !== 0 ? 4 : 0;
         if (this.#q.length < need) break;
         if (need) {
-          const want = new DataView(this.#q.take(4).slice().buffer).getUint32(0, true);
-          if (this.#hash.digest() !== want) {
-            throw new SyntaxError("Cannot decode LZ4 frame: content checksum mismatch");
-          }
-        }
-        if (this.#contentSize !== undefined && this.#contentSize !== this.#total) {
-          throw new SyntaxError(
-            `Cannot decode LZ4 frame: content size is ${this.#total}, header says ${this.#contentSize}`,
-          );
+          this.#checksum = this.#q.peekUint32(0);
+          this.#q.take(4);
         }
         this.#state = "done";
         if (this.#q.length > 0) {
@@ -496,17 +556,31 @@ export class Lz4FrameDecoder {
     return out;
   }
 
-  /** Checks that a whole frame was read. @throws {SyntaxError} If the frame is incomplete. */
-  finish(): void {
+  /**
+   * Checks that a whole frame was read and that the decoded content matches its content
+   * checksum and size.
+   *
+   * @param contentHash xxHash32 of the whole decoded content.
+   * @param contentLength Length of the whole decoded content.
+   * @throws {SyntaxError} If the frame is incomplete or the content does not match.
+   */
+  verify(contentHash: number, contentLength: number): void {
     if (this.#state !== "done") {
       throw new SyntaxError("Cannot decode LZ4 frame: unexpected end of data");
+    }
+    if (this.#checksum !== undefined && contentHash !== this.#checksum) {
+      throw new SyntaxError("Cannot decode LZ4 frame: content checksum mismatch");
+    }
+    if (this.#contentSize !== undefined && this.#contentSize !== contentLength) {
+      throw new SyntaxError(
+        `Cannot decode LZ4 frame: content size is ${contentLength}, header says ${this.#contentSize}`,
+      );
     }
   }
 
   #parseHeader(): boolean {
     if (this.#q.length < 7) return false;
-    const magic = (this.#q.peekByte(0) | (this.#q.peekByte(1) << 8) |
-      (this.#q.peekByte(2) << 16) | (this.#q.peekByte(3) << 24)) >>> 0;
+    const magic = this.#q.peekUint32(0);
     if (magic !== LZ4_FRAME_MAGIC) {
       throw new SyntaxError(`Cannot decode LZ4 frame: bad magic 0x${magic.toString(16)}`);
     }
@@ -529,9 +603,38 @@ export class Lz4FrameDecoder {
     }
     this.#flg = flg;
     this.#maxBlock = max;
-    if ((flg & 0x20) === 0) this.#history = new Uint8Array(0);
     this.#state = "block";
     return true;
+  }
+}
+
+/**
+ * Streaming decoder of exactly one LZ4 frame. Accepts every valid frame (independent or
+ * linked blocks, stored blocks, block checksums, content size); verifies every checksum
+ * present; rejects anything after the frame's end.
+ */
+export class Lz4FrameDecoder {
+  #reader = new Lz4FrameReader();
+  #hash = new Xxh32();
+  #total = 0;
+  #history: Uint8Array | undefined; // linked blocks: last 64 KiB of output
+
+  /** Feeds encoded bytes; returns the decoded bytes ready so far. */
+  push(chunk: Uint8Array): Uint8Array[] {
+    const out: Uint8Array[] = [];
+    for (const block of this.#reader.push(chunk)) {
+      if (this.#history === undefined && this.#reader.linked) this.#history = new Uint8Array(0);
+      const decoded = block.stored ? this.#storedBlock(block.data) : this.#decodeBlock(block);
+      this.#hash.update(decoded);
+      this.#total += decoded.length;
+      out.push(decoded);
+    }
+    return out;
+  }
+
+  /** Checks that a whole, valid frame was read. @throws {SyntaxError} If it was not. */
+  finish(): void {
+    this.#reader.verify(this.#hash.digest(), this.#total);
   }
 
   #storedBlock(data: Uint8Array): Uint8Array {
@@ -541,13 +644,14 @@ export class Lz4FrameDecoder {
     return out;
   }
 
-  #decodeBlock(data: Uint8Array): Uint8Array {
-    if (this.#history === undefined) return decompressIndependentBlock(data, this.#maxBlock);
+  #decodeBlock(block: Lz4RawBlock): Uint8Array {
+    const max = this.#reader.maxBlockSize;
+    if (this.#history === undefined) return decompressIndependentBlock(block.data, max, block.last);
     // Linked blocks: matches may reach up to 64 KiB back into earlier output.
     const hist = this.#history;
-    const dst = new Uint8Array(hist.length + this.#maxBlock);
+    const dst = new Uint8Array(hist.length + max);
     dst.set(hist);
-    const end = decodeBlockInto(data, dst, hist.length);
+    const end = decodeBlockInto(block.data, dst, hist.length);
     const out = dst.slice(hist.length, end);
     this.#history = dst.slice(Math.max(0, end - 65536), end);
     return out;

@@ -18,7 +18,7 @@ import {
   sortedWalSegments,
   type WalSegmentInfo,
 } from "./replica_client.ts";
-import { lz4Decompress, lz4DecompressStream } from "./lz4.ts";
+import { lz4Decompress, Lz4FrameDecoder } from "./lz4.ts";
 import {
   decodeDbPageSize,
   decodeWalHeader,
@@ -34,8 +34,13 @@ import { NoBackupError, ReplicaIntegrityError } from "./errors.ts";
 import { absPath, dirname, exists, fsyncDir } from "./internal/fs.ts";
 import { type Logger, silentLogger } from "./log.ts";
 import { Connection } from "./sqlite.ts";
+import { lz4DecompressParallel } from "./internal/lz4_pool.ts";
 
 export const DEFAULT_RESTORE_PARALLELISM = 8;
+/** Snapshots stored in at least this many bytes are decoded by a pool of Workers. */
+const PARALLEL_SNAPSHOT_BYTES = 4 << 20;
+/** Bytes asked for at once when reading a snapshot from a byte stream. */
+const READ_CHUNK_BYTES = 1 << 20;
 
 /** What to restore. */
 export interface RestoreTargetOptions {
@@ -282,9 +287,14 @@ export async function restore(
       index = idx;
       log.debug("applied wal", { index: hex8(idx) });
     }
-    await file.sync();
+    // The check reads what the kernel holds while the data goes to disk; both must pass.
+    const synced = file.sync();
+    try {
+      if (!options.skipIntegrityCheck) checkIntegrity(tmp);
+    } finally {
+      await synced;
+    }
     file.close();
-    if (!options.skipIntegrityCheck) checkIntegrity(tmp);
     // link() fails if the output appeared meanwhile: we never replace a file.
     await Deno.link(tmp, out);
     await Deno.remove(tmp);
@@ -327,9 +337,11 @@ async function writeSnapshot(
   let head: Uint8Array | undefined;
   let size = 0;
   try {
-    const stream = (await client.openSnapshot(target.snapshot, { signal }))
-      .pipeThrough(lz4DecompressStream());
-    for await (const chunk of stream) {
+    const raw = readChunks(await client.openSnapshot(target.snapshot, { signal }));
+    // Large snapshots: blocks decoded by Workers while this thread hashes and writes.
+    const parallel = target.snapshot.size >= PARALLEL_SNAPSHOT_BYTES &&
+      navigator.hardwareConcurrency > 1;
+    for await (const chunk of parallel ? lz4DecompressParallel(raw) : decodeSerially(raw)) {
       if (!head) head = chunk.slice(0, 100);
       else if (head.length < 100) {
         head = joinParts(
@@ -359,6 +371,36 @@ async function writeSnapshot(
     );
   }
   return pageSize;
+}
+
+/** Reads `stream` in large chunks when it is a byte stream (a file's is), else as it comes. */
+async function* readChunks(stream: ReadableStream<Uint8Array>): AsyncGenerator<Uint8Array> {
+  let byob: ReadableStreamBYOBReader | undefined;
+  try {
+    byob = stream.getReader({ mode: "byob" });
+  } catch {
+    // Not a byte stream.
+  }
+  if (!byob) {
+    yield* stream;
+    return;
+  }
+  try {
+    for (;;) {
+      const { value, done } = await byob.read(new Uint8Array(READ_CHUNK_BYTES));
+      if (done) return;
+      if (value.length > 0) yield value;
+    }
+  } finally {
+    await byob.cancel().catch(() => {});
+    byob.releaseLock();
+  }
+}
+
+async function* decodeSerially(source: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
+  const dec = new Lz4FrameDecoder();
+  for await (const chunk of source) yield* dec.push(chunk);
+  dec.finish();
 }
 
 /**
