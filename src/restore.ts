@@ -18,7 +18,7 @@ import {
   sortedWalSegments,
   type WalSegmentInfo,
 } from "./replica_client.ts";
-import { lz4Decompress, Lz4FrameDecoder } from "./lz4.ts";
+import { concat, lz4Decompress, lz4DecompressStream, Lz4FrameDecoder } from "./lz4.ts";
 import {
   decodeDbPageSize,
   decodeWalHeader,
@@ -27,11 +27,12 @@ import {
   WAL_FRAME_HEADER_SIZE,
   WAL_HEADER_SIZE,
   walFrameSize,
+  type WalHeader,
 } from "./wal.ts";
 import { formatWalSegmentName } from "./layout.ts";
 import { hex8 } from "./pos.ts";
 import { NoBackupError, ReplicaIntegrityError } from "./errors.ts";
-import { absPath, dirname, exists, fsyncDir } from "./internal/fs.ts";
+import { absPath, dirname, exists, fsyncDir, readAt } from "./internal/fs.ts";
 import { type Logger, silentLogger } from "./log.ts";
 import { Connection } from "./sqlite.ts";
 import { lz4DecompressParallel } from "./internal/lz4_pool.ts";
@@ -244,46 +245,55 @@ export async function restore(
     });
     const pageSize = await writeSnapshot(client, target, tmp, signal);
     using file = await Deno.open(tmp, { read: true, write: true });
-    // Download ahead in parallel, apply strictly in order.
+    // Download ahead in parallel (small segments only, so memory stays bounded), apply
+    // strictly in order, streaming each segment through a validating applier.
     const par = Math.max(1, options.parallelism ?? DEFAULT_RESTORE_PARALLELISM);
-    const pending = target.segments.map(() => undefined as Promise<Uint8Array> | undefined);
-    const fetchSeg = (i: number) =>
-      pending[i] ??= client.openWalSegment(target.segments[i], { signal }).then(readAll).then(
-        (d) => {
-          try {
-            return lz4Decompress(d);
-          } catch (err) {
+    const segs = target.segments;
+    const pending = segs.map(() => undefined as Promise<Uint8Array> | undefined);
+    const prefetch = (i: number) => {
+      if (segs[i].size <= PREFETCH_MAX_SEGMENT_BYTES) {
+        pending[i] ??= client.openWalSegment(segs[i], { signal }).then(readAll);
+      }
+    };
+    let i = 0;
+    while (i < segs.length) {
+      const idx = segs[i].index;
+      const applier = new WalIndexApplier(file, pageSize, target.generation, idx, `${tmp}-spool`);
+      try {
+        for (; i < segs.length && segs[i].index === idx; i++) {
+          for (let k = i; k < Math.min(segs.length, i + par); k++) prefetch(k);
+          const seg = segs[i];
+          if (seg.offset !== applier.length) {
             throw new ReplicaIntegrityError(
-              `WAL segment ${segName(target.segments[i])} is corrupt`,
-              { cause: err },
+              seg.offset > applier.length
+                ? `Replica is missing WAL bytes ${applier.length}..${seg.offset} of index ${
+                  hex8(idx)
+                } in generation "${target.generation}" (before ${segName(seg)})`
+                : `WAL segment ${segName(seg)} overlaps the previous segment`,
             );
           }
-        },
-      );
-    let i = 0;
-    while (i < target.segments.length) {
-      const idx = target.segments[i].index;
-      const parts: Uint8Array[] = [];
-      let expected = 0;
-      for (; i < target.segments.length && target.segments[i].index === idx; i++) {
-        for (let k = i; k < Math.min(target.segments.length, i + par); k++) fetchSeg(k);
-        const seg = target.segments[i];
-        if (seg.offset !== expected) {
-          throw new ReplicaIntegrityError(
-            seg.offset > expected
-              ? `Replica is missing WAL bytes ${expected}..${seg.offset} of index ${
-                hex8(idx)
-              } in generation "${target.generation}" (before ${segName(seg)})`
-              : `WAL segment ${segName(seg)} overlaps the previous segment`,
-          );
+          const compressed = pending[i];
+          pending[i] = undefined; // free memory once consumed
+          try {
+            if (compressed) {
+              await applier.push(lz4Decompress(await compressed));
+            } else {
+              const stream = (await client.openWalSegment(seg, { signal }))
+                .pipeThrough(lz4DecompressStream());
+              for await (const chunk of stream) await applier.push(chunk);
+            }
+          } catch (err) {
+            if (!(err instanceof SyntaxError)) throw err;
+            throw new ReplicaIntegrityError(`WAL segment ${segName(seg)} is corrupt`, {
+              cause: err,
+            });
+          }
         }
-        const data = await fetchSeg(i);
-        pending[i] = undefined; // free memory once consumed
-        parts.push(data);
-        expected += data.length;
-        bytes += data.length;
+        bytes += applier.length;
+        await applier.finish();
+      } finally {
+        await applier.dispose();
       }
-      await applyWal(file, joinParts(parts, expected), pageSize, target.generation, idx);
       index = idx;
       log.debug("applied wal", { index: hex8(idx) });
     }
@@ -315,17 +325,6 @@ function segName(s: WalSegmentInfo): string {
   return `${s.generation}/${formatWalSegmentName(s.index, s.offset)}`;
 }
 
-function joinParts(parts: Uint8Array[], n: number): Uint8Array {
-  if (parts.length === 1) return parts[0];
-  const out = new Uint8Array(n);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}
-
 async function writeSnapshot(
   client: ReplicaClient,
   target: RestoreTarget,
@@ -344,10 +343,7 @@ async function writeSnapshot(
     for await (const chunk of parallel ? lz4DecompressParallel(raw) : decodeSerially(raw)) {
       if (!head) head = chunk.slice(0, 100);
       else if (head.length < 100) {
-        head = joinParts(
-          [head, chunk.slice(0, 100 - head.length)],
-          Math.min(100, head.length + chunk.length),
-        );
+        head = concat([head, chunk.slice(0, 100 - head.length)]);
       }
       let o = 0;
       while (o < chunk.length) o += await file.write(chunk.subarray(o));
@@ -403,71 +399,174 @@ async function* decodeSerially(source: AsyncIterable<Uint8Array>): AsyncGenerato
   dec.finish();
 }
 
+/** Segments up to this stored size are downloaded ahead in parallel; larger ones stream. */
+const PREFETCH_MAX_SEGMENT_BYTES = 8 << 20;
+/** Page images kept in memory per WAL index before they spill to a spool file. */
+const APPLY_MEMORY_BYTES = 32 << 20;
+
 /**
- * Applies one WAL index (header plus frames) to the database file, exactly as a checkpoint
- * would: the newest committed image of each page, then the size of the last commit.
+ * Applies one WAL index (header plus frames, fed in order in chunks of any size) to the
+ * database file exactly as a checkpoint would: the newest committed image of each page,
+ * then the size of the last commit. Every frame's salts and checksum chain are validated as
+ * they arrive; page images beyond 32 MiB are spooled to a file, so memory stays bounded
+ * whatever the size of a transaction.
  */
-async function applyWal(
-  file: Deno.FsFile,
-  wal: Uint8Array,
-  pageSize: number,
-  generation: string,
-  index: number,
-): Promise<void> {
-  const what = `WAL index ${hex8(index)} of generation "${generation}"`;
-  if (wal.length < WAL_HEADER_SIZE || !safeHeaderValid(wal)) {
-    throw new ReplicaIntegrityError(`${what} has an invalid WAL header`);
+class WalIndexApplier {
+  readonly #file: Deno.FsFile;
+  readonly #pageSize: number;
+  readonly #what: string;
+  readonly #spoolPath: string;
+  #spool?: Deno.FsFile;
+  #spoolSize = 0;
+  #header?: WalHeader;
+  #sum: [number, number] = [0, 0];
+  #carry = new Uint8Array(0);
+  /** Newest image of each page: in memory, or its offset in the spool file. */
+  #pages = new Map<number, Uint8Array | number>();
+  #memory = 0;
+  #frames = 0;
+  #committedFrames = 0;
+  #commitSize = 0;
+  /** Decoded bytes received so far (the next segment's expected offset). */
+  length = 0;
+
+  constructor(
+    file: Deno.FsFile,
+    pageSize: number,
+    generation: string,
+    index: number,
+    spoolPath: string,
+  ) {
+    this.#file = file;
+    this.#pageSize = pageSize;
+    this.#what = `WAL index ${hex8(index)} of generation "${generation}"`;
+    this.#spoolPath = spoolPath;
   }
-  const header = decodeWalHeader(wal);
-  if (header.pageSize !== pageSize) {
-    throw new ReplicaIntegrityError(
-      `${what} has page size ${header.pageSize}, the snapshot has ${pageSize}`,
-    );
-  }
-  const frames = wal.subarray(WAL_HEADER_SIZE);
-  const fs = walFrameSize(pageSize);
-  if (frames.length % fs !== 0) {
-    throw new ReplicaIntegrityError(`${what} ends inside a frame (${wal.length} bytes)`);
-  }
-  const scan = scanWalFrames(frames, header, [header.checksum1, header.checksum2]);
-  if (scan.committedBytes !== frames.length) {
-    const bad = scan.stop === "end"
-      ? "does not end on a commit"
-      : `has a broken ${scan.stop === "salt" ? "salt" : "checksum"} at frame ${
-        scan.validFrames + 1
-      }`;
-    throw new ReplicaIntegrityError(`${what} ${bad}`);
-  }
-  if (frames.length === 0) return;
-  // Newest image of each page wins; write them in page order, coalescing neighbours.
-  const latest = new Map<number, number>();
-  const view = new DataView(frames.buffer, frames.byteOffset, frames.byteLength);
-  for (let off = 0; off < frames.length; off += fs) latest.set(view.getUint32(off), off);
-  const pgnos = [...latest.keys()].sort((a, b) => a - b);
-  const dbPages = scan.commitSize;
-  let run: Uint8Array[] = [];
-  let runStart = -1;
-  let runNext = -1;
-  const flush = async () => {
-    if (run.length === 0) return;
-    await file.seek((runStart - 1) * pageSize, Deno.SeekMode.Start);
-    const buf = joinParts(run, run.length * pageSize);
-    let o = 0;
-    while (o < buf.length) o += await file.write(buf.subarray(o));
-    run = [];
-  };
-  for (const pgno of pgnos) {
-    if (pgno > dbPages) continue; // truncated away by the last commit
-    const off = latest.get(pgno)! + WAL_FRAME_HEADER_SIZE;
-    if (pgno !== runNext) {
-      await flush();
-      runStart = pgno;
+
+  async push(chunk: Uint8Array): Promise<void> {
+    this.length += chunk.length;
+    let data = this.#carry.length ? concat([this.#carry, chunk]) : chunk;
+    if (!this.#header) {
+      if (data.length < WAL_HEADER_SIZE) {
+        this.#carry = data.slice();
+        return;
+      }
+      const head = data.subarray(0, WAL_HEADER_SIZE);
+      if (!safeHeaderValid(head)) {
+        throw new ReplicaIntegrityError(`${this.#what} has an invalid WAL header`);
+      }
+      this.#header = decodeWalHeader(head);
+      if (this.#header.pageSize !== this.#pageSize) {
+        throw new ReplicaIntegrityError(
+          `${this.#what} has page size ${this.#header.pageSize}, the snapshot has ${this.#pageSize}`,
+        );
+      }
+      this.#sum = [this.#header.checksum1, this.#header.checksum2];
+      data = data.subarray(WAL_HEADER_SIZE);
     }
-    run.push(frames.subarray(off, off + pageSize));
-    runNext = pgno + 1;
+    const fs = walFrameSize(this.#pageSize);
+    const whole = data.length - (data.length % fs);
+    this.#carry = data.subarray(whole).slice();
+    if (whole === 0) return;
+    const frames = data.subarray(0, whole);
+    const scan = scanWalFrames(frames, this.#header, this.#sum);
+    if (scan.stop !== "end") {
+      throw new ReplicaIntegrityError(
+        `${this.#what} has a broken ${scan.stop} at frame ${this.#frames + scan.validFrames + 1}`,
+      );
+    }
+    this.#sum = scan.checksum;
+    if (scan.committedBytes > 0) {
+      this.#committedFrames = this.#frames + scan.committedBytes / fs;
+      this.#commitSize = scan.commitSize;
+    }
+    this.#frames += whole / fs;
+    const view = new DataView(frames.buffer, frames.byteOffset, frames.byteLength);
+    const spill = this.#spool !== undefined || this.#memory + whole > APPLY_MEMORY_BYTES;
+    if (spill) await this.#spillMemory();
+    const spoolBase = this.#spoolSize;
+    if (spill) await this.#appendSpool(frames);
+    for (let off = 0; off < whole; off += fs) {
+      const pgno = view.getUint32(off);
+      const page = off + WAL_FRAME_HEADER_SIZE;
+      if (spill) this.#pages.set(pgno, spoolBase + page);
+      else this.#pages.set(pgno, frames.subarray(page, page + this.#pageSize));
+    }
+    if (!spill) this.#memory += whole;
   }
-  await flush();
-  await file.truncate(dbPages * pageSize);
+
+  async #spillMemory(): Promise<void> {
+    if (this.#spool) return;
+    this.#spool = await Deno.open(this.#spoolPath, {
+      read: true,
+      write: true,
+      create: true,
+      truncate: true,
+      mode: 0o600,
+    });
+    for (const [pgno, v] of this.#pages) {
+      if (typeof v === "number") continue;
+      const at = this.#spoolSize;
+      await this.#appendSpool(v);
+      this.#pages.set(pgno, at);
+    }
+    this.#memory = 0;
+  }
+
+  async #appendSpool(data: Uint8Array): Promise<void> {
+    await this.#spool!.seek(this.#spoolSize, Deno.SeekMode.Start);
+    let o = 0;
+    while (o < data.length) o += await this.#spool!.write(data.subarray(o));
+    this.#spoolSize += data.length;
+  }
+
+  /** Checks that the index ends on a commit, then writes its pages. */
+  async finish(): Promise<void> {
+    if (!this.#header) {
+      throw new ReplicaIntegrityError(`${this.#what} has an invalid WAL header`);
+    }
+    if (this.#carry.length > 0) {
+      throw new ReplicaIntegrityError(`${this.#what} ends inside a frame (${this.length} bytes)`);
+    }
+    if (this.#committedFrames !== this.#frames) {
+      throw new ReplicaIntegrityError(`${this.#what} does not end on a commit`);
+    }
+    if (this.#frames === 0) return;
+    const ps = this.#pageSize;
+    const pgnos = [...this.#pages.keys()].filter((p) => p <= this.#commitSize).sort((a, b) =>
+      a - b
+    );
+    // Write in page order, coalescing neighbours into runs of at most 4 MiB.
+    const maxRun = Math.max(1, Math.floor((4 << 20) / ps));
+    let run: Uint8Array[] = [];
+    let runStart = -1;
+    const flush = async () => {
+      if (run.length === 0) return;
+      await this.#file.seek((runStart - 1) * ps, Deno.SeekMode.Start);
+      const buf = run.length === 1 ? run[0] : concat(run);
+      let o = 0;
+      while (o < buf.length) o += await this.#file.write(buf.subarray(o));
+      run = [];
+    };
+    for (const pgno of pgnos) {
+      if (run.length === 0 || pgno !== runStart + run.length || run.length >= maxRun) {
+        await flush();
+        runStart = pgno;
+      }
+      const v = this.#pages.get(pgno)!;
+      run.push(typeof v === "number" ? await readAt(this.#spool!, v, ps) : v);
+    }
+    await flush();
+    await this.#file.truncate(this.#commitSize * ps);
+  }
+
+  /** Removes the spool file, if one was needed. */
+  async dispose(): Promise<void> {
+    if (!this.#spool) return;
+    this.#spool.close();
+    this.#spool = undefined;
+    await Deno.remove(this.#spoolPath).catch(() => {});
+  }
 }
 
 function safeHeaderValid(bytes: Uint8Array): boolean {

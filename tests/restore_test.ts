@@ -165,3 +165,22 @@ Deno.test("restore() reports an empty replica as having no backups", async () =>
     NoBackupError,
   );
 });
+
+Deno.test("restore() streams a WAL index larger than its memory budget through a spool file", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path, { minCheckpointPageCount: 100_000 });
+  await using w = new Writer(fx.path);
+  await fx.sync();
+  // One ~40 MiB transaction of incompressible pages: a segment too large to prefetch and
+  // an index whose pages exceed the 32 MiB kept in memory.
+  await w.exec(BLOBS(10_000, 3900));
+  await w.exec("UPDATE t SET v = 'rewritten' WHERE id % 7 = 0");
+  await fx.sync();
+  const segs = await sortedWalSegments(fx.client, fx.db.generation!);
+  assert.ok(segs.some((s) => s.size > 8 << 20), "a segment is larger than the prefetch limit");
+  await restore(fx.client, { outputPath: `${dir.path}/r.db` });
+  assert.equal(await integrity(`${dir.path}/r.db`), "ok");
+  assert.equal(await dump(`${dir.path}/r.db`), await dump(fx.path));
+  const left = (await Array.fromAsync(Deno.readDir(dir.path))).map((e) => e.name);
+  assert.deepEqual(left.filter((n) => n.includes("spool") || n.endsWith(".tmp")), []);
+});
