@@ -8,7 +8,6 @@ import type { Db } from "./db.ts";
 import { formatPos, type Pos } from "./pos.ts";
 import {
   type CallOptions,
-  readAll,
   type ReplicaClient,
   type SnapshotInfo,
   sortedSnapshots,
