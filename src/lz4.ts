@@ -8,6 +8,7 @@
  * @module
  */
 import * as wasm from "lz4-wasm";
+import { concat } from "./internal/bytes.ts";
 
 /** LZ4 frame magic number (little-endian on the wire). */
 export const LZ4_FRAME_MAGIC = 0x184d2204;
@@ -366,20 +367,6 @@ export function lz4CompressStream(): TransformStream<Uint8Array, Uint8Array> {
 
 // ---------------------------------------------------------------------------------------
 // Frame decoder
-
-/** Joins byte arrays into one. */
-export function concat(parts: Uint8Array[]): Uint8Array {
-  if (parts.length === 1) return parts[0];
-  let n = 0;
-  for (const p of parts) n += p.length;
-  const out = new Uint8Array(n);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}
 
 /** FIFO of byte chunks from which exact lengths are taken without quadratic copying. */
 class ByteQueue {

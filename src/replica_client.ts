@@ -5,6 +5,7 @@
  * @module
  */
 import type { Pos } from "./pos.ts";
+import { concat } from "./internal/bytes.ts";
 
 /** Options accepted by every {@linkcode ReplicaClient} call. */
 export interface CallOptions {
@@ -94,17 +95,6 @@ export async function sortedWalSegments(
 /** Reads a whole stream into one array. */
 export async function readAll(stream: ReadableStream<Uint8Array>): Promise<Uint8Array> {
   const parts: Uint8Array[] = [];
-  let n = 0;
-  for await (const p of stream) {
-    parts.push(p);
-    n += p.length;
-  }
-  if (parts.length === 1) return parts[0];
-  const out = new Uint8Array(n);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
+  for await (const p of stream) parts.push(p);
+  return parts.length === 0 ? new Uint8Array(0) : concat(parts);
 }

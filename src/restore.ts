@@ -18,7 +18,8 @@ import {
   sortedWalSegments,
   type WalSegmentInfo,
 } from "./replica_client.ts";
-import { concat, lz4Decompress, lz4DecompressStream, Lz4FrameDecoder } from "./lz4.ts";
+import { lz4Decompress, lz4DecompressStream, Lz4FrameDecoder } from "./lz4.ts";
+import { concat } from "./internal/bytes.ts";
 import {
   decodeDbPageSize,
   decodeWalHeader,
