@@ -124,6 +124,11 @@ export async function integrity(db: string): Promise<string> {
   return (await sqliteAsync(db, "PRAGMA integrity_check;")).trim();
 }
 
+/** SQL inserting `n` rows of `size` random bytes into `t` (about one page each at 4000). */
+export function blobs(n: number, size = 1500): string {
+  return `INSERT INTO t (v) SELECT randomblob(${size}) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<${n}) SELECT x FROM c)`;
+}
+
 /** Creates a WAL-mode database with a table `t(id INTEGER PRIMARY KEY, v)`. */
 export async function createDb(path: string): Promise<void> {
   await sqliteAsync(
@@ -142,6 +147,8 @@ export interface TestDb extends AsyncDisposable {
   replica: Replica;
   /** Syncs the database, then the replica. */
   sync(): Promise<void>;
+  /** Stops the replicator (final sync, then closes the Replica and the Db). */
+  stop(): Promise<void>;
   /** Closes and reopens the Db and Replica (a restart of the replicator). */
   reopen(): Promise<void>;
 }
@@ -181,9 +188,12 @@ export async function openTestDb(
       await cur.db.sync();
       await cur.replica.sync();
     },
-    async reopen() {
+    async stop() {
       await cur.replica.close();
       await cur.db.close();
+    },
+    async reopen() {
+      await fx.stop();
       cur = await make();
     },
     async [Symbol.asyncDispose]() {

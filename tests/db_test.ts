@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { dump, integrity, openTestDb, sqliteAsync, tempDir, Writer } from "./_helpers.ts";
+import { blobs, dump, integrity, openTestDb, sqliteAsync, tempDir, Writer } from "./_helpers.ts";
 import { restore } from "../src/restore.ts";
 import { decodeWalHeader, WAL_HEADER_SIZE } from "../src/wal.ts";
 
@@ -37,7 +37,7 @@ Deno.test("Db.sync() copies only whole transactions, never an uncommitted one", 
   const before = fx.db.pos()!.offset;
   // A large transaction spills pages into the WAL before it commits.
   await w.exec(
-    "PRAGMA cache_size=1; BEGIN; INSERT INTO t (v) SELECT randomblob(3000) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<200) SELECT x FROM c)",
+    "PRAGMA cache_size=1; BEGIN; " + blobs(200, 3000),
   );
   const walSize = (await Deno.stat(`${fx.path}-wal`)).size;
   assert.ok(walSize > before, "the open transaction spilled frames into the WAL");
@@ -84,8 +84,7 @@ Deno.test("Db starts a new generation when another process truncated the WAL whi
   await w.exec("INSERT INTO t (v) VALUES ('one')");
   await fx.sync();
   const gen = fx.db.generation;
-  await fx.replica.close();
-  await fx.db.close();
+  await fx.stop();
   const [row] = await w.exec("PRAGMA wal_checkpoint(TRUNCATE)");
   assert.match(row, /^0\|/, "the truncate checkpoint ran");
   await w.exec("INSERT INTO t (v) VALUES ('two')");
@@ -100,13 +99,12 @@ Deno.test("Db follows one WAL restart made while it was stopped, copying the old
   await using fx = await openTestDb(dir.path);
   await using w = new Writer(fx.path);
   await w.exec(
-    "INSERT INTO t (v) SELECT randomblob(2000) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<20) SELECT x FROM c)",
+    blobs(20, 2000),
   );
   await fx.sync();
   const gen = fx.db.generation!;
   const idx = fx.db.pos()!.index;
-  await fx.replica.close();
-  await fx.db.close();
+  await fx.stop();
   // While we are down: a commit into the old life, a checkpoint, and one small commit that
   // restarts the WAL without reaching the frames we copied.
   await w.exec("INSERT INTO t (v) VALUES ('tail of the old life')");
@@ -124,12 +122,11 @@ Deno.test("Db starts a new generation when the WAL restarted twice while it was 
   await using fx = await openTestDb(dir.path);
   await using w = new Writer(fx.path);
   await w.exec(
-    "INSERT INTO t (v) SELECT randomblob(2000) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<20) SELECT x FROM c)",
+    blobs(20, 2000),
   );
   await fx.sync();
   const gen = fx.db.generation!;
-  await fx.replica.close();
-  await fx.db.close();
+  await fx.stop();
   const before = decodeWalHeader(await fileBytes(`${fx.path}-wal`, 0, WAL_HEADER_SIZE));
   // Two restarts; each new life is far shorter than what we copied, so the last frame we
   // copied is still physically there (v0.3.13 would carry on and miss the middle life).
@@ -155,7 +152,7 @@ Deno.test("Db checkpoints past min-checkpoint-page-count, keeps the WAL bounded 
   let maxWal = 0;
   for (let i = 0; i < 40; i++) {
     await w.exec(
-      "INSERT INTO t (v) SELECT randomblob(1500) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<20) SELECT x FROM c)",
+      blobs(20, 1500),
     );
     await fx.sync();
     maxWal = Math.max(maxWal, (await Deno.stat(`${fx.path}-wal`)).size);
@@ -174,8 +171,7 @@ Deno.test("Db trims a torn tail of the shadow WAL on open and keeps its generati
   await w.exec("INSERT INTO t (v) VALUES ('a')");
   await fx.sync();
   const pos = fx.db.pos()!;
-  await fx.replica.close();
-  await fx.db.close();
+  await fx.stop();
   // A crash in the middle of an append: half a frame of junk after the last commit.
   const shadow = fx.db.shadowWalPath(pos.generation, pos.index);
   using f = await Deno.open(shadow, { append: true });
@@ -215,7 +211,7 @@ Deno.test("Db keeps its generation through its own TRUNCATE checkpoint and shrin
   await fx.sync();
   const gen = fx.db.generation;
   await w.exec(
-    "INSERT INTO t (v) SELECT randomblob(3000) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<80) SELECT x FROM c)",
+    blobs(80, 3000),
   );
   const big = (await Deno.stat(`${fx.path}-wal`)).size;
   await fx.sync(); // copies, then truncates
@@ -235,14 +231,14 @@ Deno.test("Db follows a WAL restarted by a write larger than the life it checkpo
   await using fx = await openTestDb(dir.path, { minCheckpointPageCount: 10 });
   await using w = new Writer(fx.path);
   await w.exec(
-    "INSERT INTO t (v) SELECT randomblob(2000) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<12) SELECT x FROM c)",
+    blobs(12, 2000),
   );
   await fx.sync(); // copies and checkpoints the whole life
   const gen = fx.db.generation;
   // One transaction restarts the WAL and writes far past where the old life ended,
   // overwriting every frame we had copied, before we sync again.
   await w.exec(
-    "INSERT INTO t (v) SELECT randomblob(3000) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<60) SELECT x FROM c)",
+    blobs(60, 3000),
   );
   await fx.sync();
   assert.equal(fx.db.generation, gen, "no new generation: the old life was complete");

@@ -1,11 +1,8 @@
 import assert from "node:assert/strict";
-import { dump, openTestDb, tempDir, Writer } from "./_helpers.ts";
+import { blobs, dump, openTestDb, tempDir, Writer } from "./_helpers.ts";
 import { restore } from "../src/restore.ts";
 import { collect, sortedSnapshots, sortedWalSegments } from "../src/replica_client.ts";
 import { snapshotKey, walSegmentKey } from "../src/layout.ts";
-
-const BLOBS = (n: number) =>
-  `INSERT INTO t (v) SELECT randomblob(1500) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<${n}) SELECT x FROM c)`;
 
 /** Sets an object's mtime back in time, as if it had been written `ageMs` ago. */
 async function age(path: string, ageMs: number): Promise<void> {
@@ -49,7 +46,7 @@ Deno.test("Replica takes a new snapshot when the shadow WAL it needs is gone", a
   await fx.replica.close();
   // The replica is stopped while the database goes through several WAL indexes.
   for (let i = 0; fx.db.pos()!.index < 3; i++) {
-    await w.exec(BLOBS(10));
+    await w.exec(blobs(10));
     await fx.db.sync();
     assert.ok(i < 50, "checkpoints advanced the index");
   }
@@ -85,7 +82,7 @@ Deno.test("Replica.enforceRetention() deletes expired generations and what prece
   assert.notEqual(gen, oldGen);
   // In the current generation: an old snapshot at index 0, then a new one at a later index.
   for (let i = 0; fx.db.pos()!.index < 2; i++) {
-    await w.exec(BLOBS(10));
+    await w.exec(blobs(10));
     await fx.sync();
     assert.ok(i < 50, "checkpoints advanced the index");
   }

@@ -1,12 +1,9 @@
 import assert from "node:assert/strict";
-import { dump, integrity, openTestDb, tempDir, Writer } from "./_helpers.ts";
+import { blobs, dump, integrity, openTestDb, tempDir, Writer } from "./_helpers.ts";
 import { calcRestoreTarget, restore } from "../src/restore.ts";
 import { NoBackupError, ReplicaIntegrityError } from "../src/errors.ts";
 import { sortedWalSegments } from "../src/replica_client.ts";
 import { walSegmentKey } from "../src/layout.ts";
-
-const BLOBS = (n: number, size = 1500) =>
-  `INSERT INTO t (v) SELECT randomblob(${size}) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<${n}) SELECT x FROM c)`;
 
 /** A replica with three WAL indexes (checkpoints at 30 pages) and several segments each. */
 async function threeIndexes(dir: string) {
@@ -14,7 +11,7 @@ async function threeIndexes(dir: string) {
   const w = new Writer(fx.path);
   const dumps: string[] = [];
   for (let i = 0; fx.db.pos()!.index < 2 || i < 6; i++) {
-    await w.exec(BLOBS(8));
+    await w.exec(blobs(8));
     await fx.sync();
     dumps.push(await dump(fx.path));
     if (i > 50) throw new Error("no checkpoint happened");
@@ -131,7 +128,7 @@ Deno.test("restore() rejects a corrupt WAL segment", async () => {
   await using dir = await tempDir();
   await using fx = await openTestDb(dir.path);
   await using w = new Writer(fx.path);
-  await w.exec(BLOBS(5));
+  await w.exec(blobs(5));
   await fx.sync();
   const [seg] = (await sortedWalSegments(fx.client, fx.db.generation!)).slice(-1);
   const path = `${fx.replicaPath}/${walSegmentKey(seg.generation, seg.index, seg.offset)}`;
@@ -173,7 +170,7 @@ Deno.test("restore() streams a WAL index larger than its memory budget through a
   await fx.sync();
   // One ~40 MiB transaction of incompressible pages: a segment too large to prefetch and
   // an index whose pages exceed the 32 MiB kept in memory.
-  await w.exec(BLOBS(10_000, 3900));
+  await w.exec(blobs(10_000, 3900));
   await w.exec("UPDATE t SET v = 'rewritten' WHERE id % 7 = 0");
   await fx.sync();
   const segs = await sortedWalSegments(fx.client, fx.db.generation!);
