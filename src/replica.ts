@@ -114,7 +114,8 @@ export class Replica implements AsyncDisposable {
     return this.#lock.run(() => this.#sync(options));
   }
 
-  async #sync(options: CallOptions): Promise<void> {
+  /** With `batch` (the monitor loop), at most one segment per WAL index and call. */
+  async #sync(options: CallOptions, batch = false): Promise<void> {
     const dpos = this.db.pos();
     if (!dpos) return;
     try {
@@ -123,7 +124,7 @@ export class Replica implements AsyncDisposable {
         if (!this.#pos) return;
       }
       try {
-        await this.#upload(options);
+        await this.#upload(options, batch);
       } catch (err) {
         if (!(err instanceof Deno.errors.NotFound)) throw err;
         // The shadow WAL we were shipping from is gone (cleaned while we were stopped):
@@ -202,7 +203,14 @@ export class Replica implements AsyncDisposable {
     return n;
   }
 
-  async #upload(options: CallOptions): Promise<void> {
+  /**
+   * Uploads the shadow WAL from the replica's position to its end. With `batch`, frames that
+   * arrive in the same WAL index while a segment uploads are left for the next pass, which
+   * the monitor runs `syncIntervalMs` later: during a burst of commits this batches them
+   * into one segment per interval instead of one per upload.
+   */
+  async #upload(options: CallOptions, batch = false): Promise<void> {
+    let lastIndex: number | undefined;
     for (;;) {
       options.signal?.throwIfAborted();
       const pos = this.#pos!;
@@ -216,6 +224,11 @@ export class Replica implements AsyncDisposable {
         }
         return;
       }
+      if (batch && lastIndex === pos.index) {
+        this.#wake?.notify(); // the next pass ships it
+        return;
+      }
+      lastIndex = pos.index;
       const t0 = performance.now();
       const size = end - pos.offset;
       if (size <= STREAM_SEGMENT_BYTES) {
@@ -367,7 +380,7 @@ export class Replica implements AsyncDisposable {
       if (signal.aborted) break;
       last = performance.now();
       try {
-        await this.sync({ signal });
+        await this.#lock.run(() => this.#sync({ signal }, true));
         backoff = 0;
       } catch (err) {
         if (signal.aborted) break;
