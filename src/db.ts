@@ -46,6 +46,7 @@ import {
 import { delay, Mutex, Wakeup } from "./internal/delay.ts";
 import { type Logger, silentLogger } from "./log.ts";
 import { describeError } from "./errors.ts";
+import { createHash } from "node:crypto";
 import type { CallOptions } from "./replica_client.ts";
 import { type DbMetrics, newDbMetrics } from "./metrics.ts";
 
@@ -568,6 +569,11 @@ export class Db implements AsyncDisposable {
    * Returns true if the shadow WAL changed.
    */
   async #checkpoint(mode: CheckpointMode): Promise<boolean> {
+    return (await this.#checkpointFull(mode)).copied;
+  }
+
+  /** {@linkcode Db.#checkpoint}, also saying whether the whole WAL was backfilled. */
+  async #checkpointFull(mode: CheckpointMode): Promise<{ copied: boolean; complete: boolean }> {
     const read = this.#read!, write = this.#write!, ckpt = this.#ckpt!;
     const t0 = performance.now();
     // 1. Hold the write lock: from here until we re-take the read lock, nothing commits.
@@ -576,7 +582,7 @@ export class Db implements AsyncDisposable {
     } catch (err) {
       if (isBusyError(err)) {
         this.log.debug("checkpoint postponed: database busy", { mode });
-        return false;
+        return { copied: false, complete: false };
       }
       throw err;
     }
@@ -631,7 +637,39 @@ export class Db implements AsyncDisposable {
       log: result.log,
       checkpointed: result.checkpointed,
     });
-    return copied > 0;
+    return { copied: copied > 0, complete };
+  }
+
+  /**
+   * Backfills the whole WAL into the database file (under the write lock, as every checkpoint
+   * of ours) and hashes the file, which then holds exactly the state at the returned
+   * position: our read lock sits on read mark 0, which keeps every checkpoint from changing
+   * the file while it is read, and no checkpoint of ours runs meanwhile.
+   *
+   * @returns undefined when readers on older snapshots kept the checkpoint from completing
+   */
+  async checksum(): Promise<{ pos: Pos; sha256: string; size: number } | undefined> {
+    return await this.#checkpointLock.run(async () => {
+      let pos: Pos | undefined;
+      await this.#syncLock.run(async () => {
+        await this.#sync();
+        if (!this.#read || !this.#shadow) return;
+        if ((await this.#checkpointFull("PASSIVE")).complete) pos = this.pos();
+      });
+      if (!pos) return undefined;
+      const file = this.#dbFile!; // synchronous calls only (see #dbFile)
+      const size = file.statSync().size;
+      const hash = createHash("sha256");
+      const buf = new Uint8Array(4 << 20);
+      file.seekSync(0, Deno.SeekMode.Start);
+      for (let done = 0; done < size;) {
+        const n = file.readSync(buf.subarray(0, Math.min(buf.length, size - done)));
+        if (n === null) break;
+        hash.update(buf.subarray(0, n));
+        done += n;
+      }
+      return { pos, sha256: hash.digest("hex"), size };
+    });
   }
 
   /** Removes shadow WAL files that every replica has moved past (keeping one extra). */

@@ -27,6 +27,7 @@ export interface ReplicaMetrics {
   walIndex: number;
   walOffset: number;
   syncErrorCount: number;
+  validations: { ok: number; error: number };
 }
 
 export function newDbMetrics(db: string): DbMetrics {
@@ -46,7 +47,15 @@ export function newDbMetrics(db: string): DbMetrics {
 }
 
 export function newReplicaMetrics(db: string, name: string): ReplicaMetrics {
-  return { db, name, walBytes: 0, walIndex: 0, walOffset: 0, syncErrorCount: 0 };
+  return {
+    db,
+    name,
+    walBytes: 0,
+    walIndex: 0,
+    walOffset: 0,
+    syncErrorCount: 0,
+    validations: { ok: 0, error: 0 },
+  };
 }
 
 function labels(l: Record<string, string>): string {
@@ -153,6 +162,19 @@ export function formatMetrics(dbs: DbMetrics[], replicas: ReplicaMetrics[]): str
     "counter",
     "Number of failed replica syncs",
     perReplica((m) => m.syncErrorCount),
+  );
+  family(
+    "litestream_replica_validation_total",
+    "counter",
+    "The number of validations performed",
+    replicas.flatMap((m) =>
+      (["ok", "error"] as const).map((status) =>
+        [{ db: m.db, name: m.name, status }, m.validations[status]] as [
+          Record<string, string>,
+          number,
+        ]
+      )
+    ),
   );
   return out.join("\n") + "\n";
 }

@@ -16,6 +16,8 @@ import {
 import { lz4Compress, lz4CompressStream, lz4DecompressStream } from "./lz4.ts";
 import { delay, Mutex, type Wakeup } from "./internal/delay.ts";
 import { describeError } from "./errors.ts";
+import { restore } from "./restore.ts";
+import { createHash } from "node:crypto";
 import { type Logger, silentLogger } from "./log.ts";
 import { newReplicaMetrics, type ReplicaMetrics } from "./metrics.ts";
 
@@ -46,6 +48,11 @@ export interface ReplicaOptions {
   retentionCheckIntervalMs?: number;
   /** Take a snapshot this often when the database changed; 0 disables. @default {0} */
   snapshotIntervalMs?: number;
+  /**
+   * Restore the replica this often and compare it with the database; 0 disables.
+   * @default {0}
+   */
+  validationIntervalMs?: number;
   logger?: Logger;
 }
 
@@ -58,12 +65,14 @@ export class Replica implements AsyncDisposable {
   readonly retentionMs: number;
   readonly retentionCheckIntervalMs: number;
   readonly snapshotIntervalMs: number;
+  readonly validationIntervalMs: number;
   readonly metrics: ReplicaMetrics;
   readonly log: Logger;
 
   #pos?: Pos;
   #lock = new Mutex();
   #lastSnapshotPos?: Pos;
+  #lastValidated?: Pos;
   #abort?: AbortController;
   #loops: Promise<void>[] = [];
   #wake?: Wakeup;
@@ -80,6 +89,7 @@ export class Replica implements AsyncDisposable {
       this.retentionMs > 0 ? this.retentionMs : Infinity,
     );
     this.snapshotIntervalMs = options.snapshotIntervalMs ?? 0;
+    this.validationIntervalMs = options.validationIntervalMs ?? 0;
     this.log = (options.logger ?? silentLogger).with({ db: db.path, replica: this.name });
     this.metrics = newReplicaMetrics(db.path, this.name);
   }
@@ -99,6 +109,15 @@ export class Replica implements AsyncDisposable {
     if (this.retentionMs > 0) {
       this.#loops.push(
         this.#every(this.retentionCheckIntervalMs, signal, () => this.enforceRetention({ signal })),
+      );
+    }
+    if (this.validationIntervalMs > 0) {
+      this.#loops.push(
+        this.#every(
+          this.validationIntervalMs,
+          signal,
+          async () => void await this.validate({ signal }),
+        ),
       );
     }
     if (this.snapshotIntervalMs > 0) {
@@ -368,6 +387,53 @@ export class Replica implements AsyncDisposable {
     });
   }
 
+  /**
+   * Checks that the replica restores to exactly the database: hashes the database at a
+   * position (after a full checkpoint), uploads up to it, restores the replica to that same
+   * position in a temporary directory and compares the two files.
+   *
+   * @returns `"ok"` or `"error"` (also counted in the metrics), or `undefined` when no
+   * consistent point could be taken now (readers on old snapshots blocked the checkpoint) or
+   * nothing changed since the last successful validation
+   */
+  async validate(options: CallOptions = {}): Promise<"ok" | "error" | undefined> {
+    const point = await this.db.checksum();
+    if (!point) {
+      this.log.debug("validation postponed: checkpoint did not complete");
+      return undefined;
+    }
+    if (samePos(point.pos, this.#lastValidated)) return undefined; // idle: nothing new to check
+    await this.sync(options);
+    const dir = await Deno.makeTempDir({ prefix: "litestream-validate-" });
+    try {
+      const out = `${dir}/db`;
+      await restore(this.client, {
+        outputPath: out,
+        generation: point.pos.generation,
+        index: point.pos.index,
+        offset: point.pos.offset,
+        signal: options.signal,
+      });
+      const restored = await sha256File(out);
+      const status = restored === point.sha256 ? "ok" : "error";
+      this.metrics.validations[status]++;
+      if (status === "ok") this.#lastValidated = point.pos;
+      const fields = {
+        pos: formatPos(point.pos),
+        db: point.sha256.slice(0, 16),
+        replica: restored.slice(0, 16),
+      };
+      if (status === "ok") this.log.info("validation ok", fields);
+      else this.log.error("validation failed: replica differs from database", fields);
+      return status;
+    } catch (err) {
+      this.metrics.validations.error++;
+      throw new Error(`Cannot validate replica "${this.name}"`, { cause: err });
+    } finally {
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  }
+
   async #monitor(signal: AbortSignal): Promise<void> {
     let backoff = 0;
     let last = -Infinity; // the first upload runs at once (performance.now() starts near 0)
@@ -418,6 +484,16 @@ export class Replica implements AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
+}
+
+async function sha256File(path: string): Promise<string> {
+  const hash = createHash("sha256");
+  using f = await Deno.open(path, { read: true });
+  const buf = new Uint8Array(4 << 20);
+  for (let n = await f.read(buf); n !== null; n = await f.read(buf)) {
+    hash.update(buf.subarray(0, n));
+  }
+  return hash.digest("hex");
 }
 
 function samePos(a: Pos | undefined, b: Pos | undefined): boolean {

@@ -51,6 +51,11 @@ export interface RestoreTargetOptions {
   generation?: string;
   /** Restore up to and including this WAL index; it must exist. @default {no limit} */
   index?: number;
+  /**
+   * With `index`: stop at this byte offset of that WAL index (a commit boundary of the
+   * shadow WAL, as {@linkcode Db.checksum} reports). @default {the end of the index}
+   */
+  offset?: number;
   /** Restore the state as of this time (segment granularity). @default {latest} */
   timestamp?: Date;
 }
@@ -120,7 +125,10 @@ export async function calcRestoreTarget(
   client: ReplicaClient,
   options: RestoreTargetOptions = {},
 ): Promise<RestoreTarget> {
-  const { signal, generation, index, timestamp } = options;
+  const { signal, generation, index, timestamp, offset } = options;
+  if (offset !== undefined && index === undefined) {
+    throw new RangeError("Cannot restore to an offset without an index");
+  }
   const all = await client.generations({ signal });
   if (generation !== undefined && !all.includes(generation)) {
     throw new NoBackupError(`Generation "${generation}" not found in replica "${client.location}"`);
@@ -173,6 +181,7 @@ export async function calcRestoreTarget(
   for (const s of pick.segments) {
     if (s.index < snapshot.index) continue;
     if (index !== undefined && s.index > index) break;
+    if (offset !== undefined && s.index === index && s.offset >= offset) break;
     if (timestamp && s.createdAt.getTime() > timestamp.getTime()) break;
     segments.push(s);
   }
@@ -260,6 +269,12 @@ export async function restore(
     while (i < segs.length) {
       const idx = segs[i].index;
       const applier = new WalIndexApplier(file, pageSize, target.generation, idx, `${tmp}-spool`);
+      // With an offset, the index's last segment may run past it: keep only what precedes it.
+      const stopAt = options.offset !== undefined && idx === options.index
+        ? options.offset
+        : Infinity;
+      const limit = (chunk: Uint8Array) =>
+        chunk.subarray(0, Math.max(0, Math.min(chunk.length, stopAt - applier.length)));
       try {
         for (; i < segs.length && segs[i].index === idx; i++) {
           for (let k = i; k < Math.min(segs.length, i + par); k++) prefetch(k);
@@ -277,11 +292,11 @@ export async function restore(
           pending[i] = undefined; // free memory once consumed
           try {
             if (compressed) {
-              await applier.push(lz4Decompress(await compressed));
+              await applier.push(limit(lz4Decompress(await compressed)));
             } else {
               const stream = (await client.openWalSegment(seg, { signal }))
                 .pipeThrough(lz4DecompressStream());
-              for await (const chunk of stream) await applier.push(chunk);
+              for await (const chunk of stream) await applier.push(limit(chunk));
             }
           } catch (err) {
             if (!(err instanceof SyntaxError)) throw err;
@@ -289,6 +304,13 @@ export async function restore(
               cause: err,
             });
           }
+        }
+        if (stopAt !== Infinity && applier.length < stopAt) {
+          throw new NoBackupError(
+            `Replica holds WAL index ${
+              hex8(idx)
+            } of generation "${target.generation}" up to ${applier.length}, not ${stopAt}`,
+          );
         }
         bytes += applier.length;
         await applier.finish();

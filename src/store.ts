@@ -109,13 +109,6 @@ async function build(dc: DbConfig, log: Logger): Promise<{ db: Db; replicas: Rep
       throw new UsageError(`Duplicate replica name "${name}" for database "${dc.path}"`);
     }
     names.add(name);
-    if (rc.validationIntervalMs) {
-      // Accepted so that v0.3.13 configs load, but said out loud: no validation runs.
-      log.warn("validation-interval is not supported yet and is ignored", {
-        db: dc.path,
-        replica: name,
-      });
-    }
     replicas.push(
       new Replica(db, client, {
         name,
@@ -123,6 +116,7 @@ async function build(dc: DbConfig, log: Logger): Promise<{ db: Db; replicas: Rep
         retentionMs: rc.retentionMs,
         retentionCheckIntervalMs: rc.retentionCheckIntervalMs,
         snapshotIntervalMs: rc.snapshotIntervalMs,
+        validationIntervalMs: rc.validationIntervalMs,
         logger: log,
       }),
     );

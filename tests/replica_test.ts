@@ -171,3 +171,35 @@ Deno.test("Replica snapshots after an interrupted start without re-uploading ove
   await restore(fx.client, { outputPath: `${dir.path}/r.db` });
   assert.equal(await dump(`${dir.path}/r.db`), await dump(fx.path));
 });
+
+Deno.test("Replica.validate() restores the replica to the database's position and finds it equal", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path, { minCheckpointPageCount: 30 });
+  await using w = new Writer(fx.path);
+  await fx.sync();
+  for (let i = 0; i < 6; i++) {
+    await w.exec(blobs(8));
+    await fx.sync();
+  }
+  assert.equal(await fx.replica.validate(), "ok");
+  // Later commits that the replica holds but the validation point does not are ignored.
+  await w.exec(blobs(3));
+  await fx.sync();
+  assert.equal(await fx.replica.validate(), "ok");
+  assert.equal(await fx.replica.validate(), undefined, "nothing new: no restore");
+  assert.deepEqual(fx.replica.metrics.validations, { ok: 2, error: 0 });
+});
+
+Deno.test("Replica.validate() fails and counts an error when the replica lost WAL the database has", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path);
+  await using w = new Writer(fx.path);
+  await fx.sync();
+  await w.exec("INSERT INTO t (v) VALUES ('only in the last segment')");
+  await fx.sync();
+  const [last] = (await sortedWalSegments(fx.client, fx.db.generation!)).slice(-1);
+  assert.ok(last.offset > 0);
+  await Deno.remove(`${fx.replicaPath}/${walSegmentKey(last.generation, last.index, last.offset)}`);
+  await assert.rejects(fx.replica.validate(), /Cannot validate replica "file"/);
+  assert.deepEqual(fx.replica.metrics.validations, { ok: 0, error: 1 });
+});
