@@ -19,7 +19,7 @@ import {
   decodeWalHeader,
   frameAlign,
   isNextWalHeader,
-  isWalHeaderChecksumValid,
+  isValidWalHeader,
   scanWalFrames,
   WAL_HEADER_SIZE,
   walFrameSize,
@@ -41,6 +41,7 @@ import {
   fsyncDir,
   mkdirp,
   readAt,
+  writeAll,
   writeFileAtomic,
 } from "./internal/fs.ts";
 import { delay, Mutex, Wakeup } from "./internal/delay.ts";
@@ -232,7 +233,7 @@ export class Db implements AsyncDisposable {
     const t0 = performance.now();
     try {
       let changed = false;
-      this.#ensureWalExists();
+      this.#ensureWalExists(this.#ckpt!);
       let wal = await this.#readWalHeader();
       let verdict: Verdict = this.#forceNewGeneration
         ? { kind: "new", reason: this.#forceNewGeneration }
@@ -261,7 +262,7 @@ export class Db implements AsyncDisposable {
       }
       const mode = this.#checkpointMode(wal.size);
       if (mode && !this.#checkpointLock.locked) {
-        if (await this.#checkpointLock.run(() => this.#checkpoint(mode))) changed = true;
+        if ((await this.#checkpointLock.run(() => this.#checkpoint(mode))).copied) changed = true;
       }
       if (changed) {
         for (const s of this.#subscribers) s.notify();
@@ -322,7 +323,7 @@ export class Db implements AsyncDisposable {
       this.#pageSize = Number(ckpt.get<{ page_size: number }>("PRAGMA page_size")!.page_size);
       const write = new Connection(this.path, { busyTimeoutMs: this.busyTimeoutMs });
       write.exec("PRAGMA wal_autocheckpoint = 0");
-      this.#ensureWalExistsWith(ckpt);
+      this.#ensureWalExists(ckpt);
       const read = new Connection(this.path, { readOnly: true, busyTimeoutMs: this.busyTimeoutMs });
       this.#ckpt = ckpt;
       this.#write = write;
@@ -351,7 +352,7 @@ export class Db implements AsyncDisposable {
     r.get("SELECT COUNT(1) FROM _litestream_seq");
   }
 
-  #ensureWalExistsWith(conn: Connection): void {
+  #ensureWalExists(conn: Connection): void {
     let size = 0;
     try {
       size = Deno.statSync(this.walPath).size;
@@ -359,10 +360,6 @@ export class Db implements AsyncDisposable {
       if (!(err instanceof Deno.errors.NotFound)) throw err;
     }
     if (size < WAL_HEADER_SIZE) conn.run(UPSERT_SEQ);
-  }
-
-  #ensureWalExists(): void {
-    this.#ensureWalExistsWith(this.#ckpt!);
   }
 
   async #readWalHeader(): Promise<{ bytes: Uint8Array; size: number }> {
@@ -404,7 +401,7 @@ export class Db implements AsyncDisposable {
     using f = await Deno.open(path, { read: true, write: true });
     const fileSize = (await f.stat()).size;
     const headerBytes = await readAt(f, 0, WAL_HEADER_SIZE);
-    if (headerBytes.length < WAL_HEADER_SIZE || !safeHeaderValid(headerBytes)) return;
+    if (headerBytes.length < WAL_HEADER_SIZE || !isValidWalHeader(headerBytes)) return;
     const header = decodeWalHeader(headerBytes);
     const scan = await scanFile(f, WAL_HEADER_SIZE, fileSize, header, [
       header.checksum1,
@@ -425,7 +422,7 @@ export class Db implements AsyncDisposable {
     if (!this.#generation) return { kind: "new", reason: "no generation exists" };
     if (!sh) return { kind: "new", reason: "no shadow wal" };
     if (sh.index >= MAX_INDEX) return { kind: "new", reason: "max index exceeded" };
-    if (!safeHeaderValid(walHeaderBytes)) {
+    if (!isValidWalHeader(walHeaderBytes)) {
       return { kind: "new", reason: "wal header invalid" };
     }
     const same = bytesEqual(walHeaderBytes, sh.headerBytes);
@@ -456,7 +453,7 @@ export class Db implements AsyncDisposable {
   async #createGeneration(reason: string): Promise<void> {
     const gen = newGenerationName();
     const wal = await this.#readWalHeader();
-    if (!safeHeaderValid(wal.bytes)) {
+    if (!isValidWalHeader(wal.bytes)) {
       throw new Error(`Cannot start a generation for "${this.path}": WAL header is invalid`);
     }
     this.#pageSize = decodeWalHeader(wal.bytes).pageSize;
@@ -482,8 +479,7 @@ export class Db implements AsyncDisposable {
     const path = this.shadowWalPath(this.#generation!, index);
     {
       using f = await Deno.open(path, { write: true, create: true, truncate: true, mode: 0o600 });
-      let o = 0;
-      while (o < headerBytes.length) o += await f.write(headerBytes.subarray(o));
+      await writeAll(f, headerBytes);
       await f.syncData();
     }
     await fsyncDir(dirname(path));
@@ -566,14 +562,9 @@ export class Db implements AsyncDisposable {
 
   /**
    * Runs a checkpoint without ever letting a committed frame escape the shadow WAL.
-   * Returns true if the shadow WAL changed.
+   * Says whether frames were copied into the shadow WAL and whether the whole WAL was backfilled.
    */
-  async #checkpoint(mode: CheckpointMode): Promise<boolean> {
-    return (await this.#checkpointFull(mode)).copied;
-  }
-
-  /** {@linkcode Db.#checkpoint}, also saying whether the whole WAL was backfilled. */
-  async #checkpointFull(mode: CheckpointMode): Promise<{ copied: boolean; complete: boolean }> {
+  async #checkpoint(mode: CheckpointMode): Promise<{ copied: boolean; complete: boolean }> {
     const read = this.#read!, write = this.#write!, ckpt = this.#ckpt!;
     const t0 = performance.now();
     // 1. Hold the write lock: from here until we re-take the read lock, nothing commits.
@@ -654,7 +645,7 @@ export class Db implements AsyncDisposable {
       await this.#syncLock.run(async () => {
         await this.#sync();
         if (!this.#read || !this.#shadow) return;
-        if ((await this.#checkpointFull("PASSIVE")).complete) pos = this.pos();
+        if ((await this.#checkpoint("PASSIVE")).complete) pos = this.pos();
       });
       if (!pos) return undefined;
       const file = this.#dbFile!; // synchronous calls only (see #dbFile)
@@ -851,23 +842,10 @@ export class Db implements AsyncDisposable {
   }
 }
 
-function safeHeaderValid(bytes: Uint8Array): boolean {
-  try {
-    return isWalHeaderChecksumValid(bytes);
-  } catch {
-    return false;
-  }
-}
-
 function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;
-}
-
-async function writeAll(f: Deno.FsFile, data: Uint8Array): Promise<void> {
-  let o = 0;
-  while (o < data.length) o += await f.write(data.subarray(o));
 }
 
 /**

@@ -23,7 +23,7 @@ import { concat } from "./internal/bytes.ts";
 import {
   decodeDbPageSize,
   decodeWalHeader,
-  isWalHeaderChecksumValid,
+  isValidWalHeader,
   scanWalFrames,
   WAL_FRAME_HEADER_SIZE,
   WAL_HEADER_SIZE,
@@ -33,7 +33,7 @@ import {
 import { formatWalSegmentName } from "./layout.ts";
 import { hex8 } from "./pos.ts";
 import { NoBackupError, ReplicaIntegrityError } from "./errors.ts";
-import { absPath, dirname, exists, fsyncDir, readAt } from "./internal/fs.ts";
+import { absPath, dirname, exists, fsyncDir, readAt, writeAll } from "./internal/fs.ts";
 import { type Logger, silentLogger } from "./log.ts";
 import { Connection } from "./sqlite.ts";
 import { lz4DecompressParallel } from "./internal/lz4_pool.ts";
@@ -368,8 +368,7 @@ async function writeSnapshot(
       else if (head.length < 100) {
         head = concat([head, chunk.slice(0, 100 - head.length)]);
       }
-      let o = 0;
-      while (o < chunk.length) o += await file.write(chunk.subarray(o));
+      await writeAll(file, chunk);
       size += chunk.length;
     }
   } catch (err) {
@@ -475,7 +474,7 @@ class WalIndexApplier {
         return;
       }
       const head = data.subarray(0, WAL_HEADER_SIZE);
-      if (!safeHeaderValid(head)) {
+      if (!isValidWalHeader(head)) {
         throw new ReplicaIntegrityError(`${this.#what} has an invalid WAL header`);
       }
       this.#header = decodeWalHeader(head);
@@ -538,8 +537,7 @@ class WalIndexApplier {
 
   async #appendSpool(data: Uint8Array): Promise<void> {
     await this.#spool!.seek(this.#spoolSize, Deno.SeekMode.Start);
-    let o = 0;
-    while (o < data.length) o += await this.#spool!.write(data.subarray(o));
+    await writeAll(this.#spool!, data);
     this.#spoolSize += data.length;
   }
 
@@ -567,8 +565,7 @@ class WalIndexApplier {
       if (run.length === 0) return;
       await this.#file.seek((runStart - 1) * ps, Deno.SeekMode.Start);
       const buf = run.length === 1 ? run[0] : concat(run);
-      let o = 0;
-      while (o < buf.length) o += await this.#file.write(buf.subarray(o));
+      await writeAll(this.#file, buf);
       run = [];
     };
     for (const pgno of pgnos) {
@@ -589,14 +586,6 @@ class WalIndexApplier {
     this.#spool.close();
     this.#spool = undefined;
     await Deno.remove(this.#spoolPath).catch(() => {});
-  }
-}
-
-function safeHeaderValid(bytes: Uint8Array): boolean {
-  try {
-    return isWalHeaderChecksumValid(bytes);
-  } catch {
-    return false;
   }
 }
 

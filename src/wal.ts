@@ -113,6 +113,18 @@ export function isWalHeaderChecksumValid(bytes: Uint8Array): boolean {
   return c1 === h.checksum1 && c2 === h.checksum2;
 }
 
+/**
+ * Returns true if `bytes` starts with a well-formed WAL header whose checksum matches;
+ * false (never throws) for anything else.
+ */
+export function isValidWalHeader(bytes: Uint8Array): boolean {
+  try {
+    return isWalHeaderChecksumValid(bytes);
+  } catch {
+    return false;
+  }
+}
+
 /** Decodes a 24-byte frame header. @throws {SyntaxError} If fewer than 24 bytes are given. */
 export function decodeWalFrameHeader(bytes: Uint8Array): WalFrameHeader {
   if (bytes.length < WAL_FRAME_HEADER_SIZE) {

@@ -25,7 +25,8 @@
  *
  * @module
  */
-import { cli, REPO } from "../../tests/_helpers.ts";
+import { cli, REPO, sqliteAsync } from "../../tests/_helpers.ts";
+import { exists } from "../../src/internal/fs.ts";
 import { litestreamBin } from "../../tests/_oracle.ts";
 import { type S3TestServer, startS3Server } from "../../tests/_s3_servers.ts";
 import { S3ReplicaClient } from "../../src/clients/s3.ts";
@@ -59,31 +60,6 @@ function parseFlags(args: string[]): Flags {
   return flags;
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return false;
-    throw err;
-  }
-}
-
-async function sqlite(db: string, sql: string): Promise<string> {
-  const child = new Deno.Command("sqlite3", {
-    args: ["-bail", db],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const w = child.stdin.getWriter();
-  await w.write(new TextEncoder().encode(sql + "\n"));
-  await w.close();
-  const o = await child.output();
-  if (!o.success) throw new Error(`sqlite3 ${db} failed: ${dec.decode(o.stderr)}`);
-  return dec.decode(o.stdout).trim();
-}
-
 /** Returns the cached database of `sizeMb` MiB, building it first if needed. */
 async function cachedDb(dir: string, sizeMb: number): Promise<string> {
   const path = `${dir}/db-${sizeMb}mb.db`;
@@ -105,7 +81,7 @@ async function cachedDb(dir: string, sizeMb: number): Promise<string> {
       }) FROM c;\n`;
   }
   sql += "PRAGMA journal_mode = wal;";
-  await sqlite(tmp, sql);
+  await sqliteAsync(tmp, sql);
   await Deno.rename(tmp, path);
   const size = (await Deno.stat(path)).size;
   print(
@@ -226,7 +202,7 @@ async function writeConfig(file: string, db: string, server: S3TestServer, prefi
 
 /** Row count and total blob bytes: cheap evidence two databases hold the same rows. */
 async function fingerprint(db: string): Promise<string> {
-  return await sqlite(db, "SELECT count(*), sum(length(b)), max(id) FROM t;");
+  return (await sqliteAsync(db, "SELECT count(*), sum(length(b)), max(id) FROM t;")).trim();
 }
 
 interface Row {
@@ -287,7 +263,7 @@ async function runTool(
     print(`${tool}: one ${txnMb} MiB transaction...`);
     const before = await storedWalBytes(client);
     const rowsToUpdate = Math.ceil(txnMb * MIB / (ROW_BYTES + 48));
-    await sqlite(
+    await sqliteAsync(
       db,
       "PRAGMA busy_timeout = 10000; UPDATE t SET b = randomblob(" +
         `${ROW_BYTES / 2}) || zeroblob(${ROW_BYTES / 2}) WHERE id <= ${rowsToUpdate};`,
@@ -325,7 +301,7 @@ async function runTool(
     const wallMs = performance.now() - res.t0;
     if (resCode !== 0) throw new Error(`${tool} ${what} failed:\n${res.log}`);
     const got = await fingerprint(out);
-    const check = await sqlite(out, "PRAGMA quick_check;");
+    const check = (await sqliteAsync(out, "PRAGMA quick_check;")).trim();
     if (got !== expected || check !== "ok") {
       throw new Error(`${tool} ${what}: restored ${got} (${check}), source ${expected}`);
     }

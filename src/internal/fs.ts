@@ -43,6 +43,12 @@ export async function fsyncDir(path: string): Promise<void> {
   }
 }
 
+/** Writes all of `data` to `file` at its current position. */
+export async function writeAll(file: Deno.FsFile, data: Uint8Array): Promise<void> {
+  let o = 0;
+  while (o < data.length) o += await file.write(data.subarray(o));
+}
+
 /**
  * Writes `data` to `file` and returns the number of bytes written. An abort cancels the
  * source stream (ending a pending read) and rejects with `signal.reason`.
@@ -54,9 +60,8 @@ export async function writeBody(
 ): Promise<number> {
   signal?.throwIfAborted();
   if (data instanceof Uint8Array) {
-    let o = 0;
-    while (o < data.length) o += await file.write(data.subarray(o));
-    return o;
+    await writeAll(file, data);
+    return data.length;
   }
   const reader = data.getReader();
   const onAbort = () => void reader.cancel(signal!.reason).catch(() => {});
@@ -67,8 +72,7 @@ export async function writeBody(
       const { done, value } = await reader.read();
       signal?.throwIfAborted();
       if (done) break;
-      let o = 0;
-      while (o < value.length) o += await file.write(value.subarray(o));
+      await writeAll(file, value);
       n += value.length;
     }
   } catch (err) {
