@@ -40,8 +40,9 @@ import {
   exists,
   fsyncDir,
   mkdirp,
-  readAt,
+  readAtSync,
   writeAll,
+  writeAllSync,
   writeFileAtomic,
 } from "./internal/fs.ts";
 import { delay, Mutex, Wakeup } from "./internal/delay.ts";
@@ -52,6 +53,7 @@ import type { CallOptions } from "./replica_client.ts";
 import { type DbMetrics, newDbMetrics } from "./metrics.ts";
 
 export const DEFAULT_MONITOR_INTERVAL_MS = 1_000;
+export const DEFAULT_MIN_SYNC_GAP_MS = 10;
 export const DEFAULT_CHECKPOINT_INTERVAL_MS = 60_000;
 export const DEFAULT_MIN_CHECKPOINT_PAGE_COUNT = 1_000;
 export const DEFAULT_MAX_CHECKPOINT_PAGE_COUNT = 10_000;
@@ -59,6 +61,8 @@ export const DEFAULT_TRUNCATE_PAGE_COUNT = 500_000;
 export const DEFAULT_BUSY_TIMEOUT_MS = 1_000;
 
 const SCAN_CHUNK = 8 << 20;
+/** How long one attempt at the write lock retries at once before yielding (see #lockWrites). */
+const WRITE_LOCK_SPIN_MS = 2;
 const UPSERT_SEQ =
   "INSERT INTO _litestream_seq (id, seq) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET seq = seq + 1";
 
@@ -70,6 +74,11 @@ export interface DbOptions {
   monitorIntervalMs?: number;
   /** React to WAL writes at once through file-system events. @default {true} */
   watch?: boolean;
+  /**
+   * Least time between the starts of two background syncs: an isolated commit is copied at
+   * once, a burst of commits is copied in batches this far apart. @default {10}
+   */
+  minSyncGapMs?: number;
   /** Checkpoint when frames were added and this long passed since the last one; 0 disables. @default {60000} */
   checkpointIntervalMs?: number;
   /** PASSIVE checkpoint once the current WAL life holds this many frames. @default {1000} */
@@ -107,6 +116,7 @@ export class Db implements AsyncDisposable {
   readonly truncatePageCount: number;
   readonly busyTimeoutMs: number;
   readonly watch: boolean;
+  readonly minSyncGapMs: number;
   readonly metrics: DbMetrics;
   readonly log: Logger;
 
@@ -131,9 +141,13 @@ export class Db implements AsyncDisposable {
   // whatever the restarted WAL overwrote or truncated.
   #sealed?: { index: number; size: number };
   #forceNewGeneration?: string;
+  // Where the shadow stood when a PASSIVE checkpoint last missed the write lock.
+  #lockMissedAt?: { index: number; size: number; at: number };
   #abort?: AbortController;
   #monitorDone: Promise<void> = Promise.resolve();
   #wake = new Wakeup();
+  #watcher?: Deno.FsWatcher;
+  #watchFailed = false;
   #waitingLogged = false;
   #closed = false;
 
@@ -150,6 +164,7 @@ export class Db implements AsyncDisposable {
     this.truncatePageCount = options.truncatePageCount ?? DEFAULT_TRUNCATE_PAGE_COUNT;
     this.busyTimeoutMs = options.busyTimeoutMs ?? DEFAULT_BUSY_TIMEOUT_MS;
     this.watch = options.watch ?? true;
+    this.minSyncGapMs = options.minSyncGapMs ?? DEFAULT_MIN_SYNC_GAP_MS;
     if (!(this.minCheckpointPageCount > 0)) {
       throw new RangeError(`Cannot open "${this.path}": min-checkpoint-page-count must be > 0`);
     }
@@ -234,18 +249,18 @@ export class Db implements AsyncDisposable {
     try {
       let changed = false;
       this.#ensureWalExists(this.#ckpt!);
-      let wal = await this.#readWalHeader();
+      let wal = this.#readWalHeader();
       let verdict: Verdict = this.#forceNewGeneration
         ? { kind: "new", reason: this.#forceNewGeneration }
-        : await this.#verify(wal.bytes, wal.size);
+        : this.#verify(wal.bytes, wal.size);
       // SQLite writes a restarted WAL's header before its first frame: if the header changed
       // while we checked, the tail we saw overwritten is the restart's, so check again
       // against the new header rather than start a needless generation.
       for (let i = 0; i < 3 && verdict.kind === "new" && !this.#forceNewGeneration; i++) {
-        const again = await this.#readWalHeader();
+        const again = this.#readWalHeader();
         if (bytesEqual(again.bytes, wal.bytes)) break;
         wal = again;
-        verdict = await this.#verify(wal.bytes, wal.size);
+        verdict = this.#verify(wal.bytes, wal.size);
       }
       this.#forceNewGeneration = undefined;
       if (verdict.kind === "new") {
@@ -321,7 +336,8 @@ export class Db implements AsyncDisposable {
       ckpt.exec("CREATE TABLE IF NOT EXISTS _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER)");
       ckpt.exec("CREATE TABLE IF NOT EXISTS _litestream_lock (id INTEGER)");
       this.#pageSize = Number(ckpt.get<{ page_size: number }>("PRAGMA page_size")!.page_size);
-      const write = new Connection(this.path, { busyTimeoutMs: this.busyTimeoutMs });
+      // No busy timeout: #lockWrites retries itself (SQLite's handler would block us).
+      const write = new Connection(this.path, { busyTimeoutMs: 0 });
       write.exec("PRAGMA wal_autocheckpoint = 0");
       this.#ensureWalExists(ckpt);
       const read = new Connection(this.path, { readOnly: true, busyTimeoutMs: this.busyTimeoutMs });
@@ -362,10 +378,12 @@ export class Db implements AsyncDisposable {
     if (size < WAL_HEADER_SIZE) conn.run(UPSERT_SEQ);
   }
 
-  async #readWalHeader(): Promise<{ bytes: Uint8Array; size: number }> {
-    using f = await Deno.open(this.walPath, { read: true });
-    const size = (await f.stat()).size;
-    const bytes = await readAt(f, 0, WAL_HEADER_SIZE);
+  // The per-sync file work below uses synchronous calls (see readAtSync); only the
+  // fdatasync of the shadow WAL goes through the thread pool.
+  #readWalHeader(): { bytes: Uint8Array; size: number } {
+    using f = Deno.openSync(this.walPath, { read: true });
+    const size = f.statSync().size;
+    const bytes = readAtSync(f, 0, WAL_HEADER_SIZE);
     if (bytes.length < WAL_HEADER_SIZE) {
       throw new Error(`Cannot read WAL header of "${this.path}": WAL is ${size} bytes`);
     }
@@ -398,12 +416,12 @@ export class Db implements AsyncDisposable {
     }
     if (index < 0) return;
     const path = this.shadowWalPath(gen, index);
-    using f = await Deno.open(path, { read: true, write: true });
-    const fileSize = (await f.stat()).size;
-    const headerBytes = await readAt(f, 0, WAL_HEADER_SIZE);
+    using f = Deno.openSync(path, { read: true, write: true });
+    const fileSize = f.statSync().size;
+    const headerBytes = readAtSync(f, 0, WAL_HEADER_SIZE);
     if (headerBytes.length < WAL_HEADER_SIZE || !isValidWalHeader(headerBytes)) return;
     const header = decodeWalHeader(headerBytes);
-    const scan = await scanFile(f, WAL_HEADER_SIZE, fileSize, header, [
+    const scan = scanFile(f, WAL_HEADER_SIZE, fileSize, header, [
       header.checksum1,
       header.checksum2,
     ]);
@@ -417,7 +435,7 @@ export class Db implements AsyncDisposable {
     this.#shadow = { index, size: scan.end, headerBytes, header, checksum: scan.checksum };
   }
 
-  async #verify(walHeaderBytes: Uint8Array, walSize: number): Promise<Verdict> {
+  #verify(walHeaderBytes: Uint8Array, walSize: number): Verdict {
     const sh = this.#shadow;
     if (!this.#generation) return { kind: "new", reason: "no generation exists" };
     if (!sh) return { kind: "new", reason: "no shadow wal" };
@@ -441,10 +459,10 @@ export class Db implements AsyncDisposable {
     if (sh.size > WAL_HEADER_SIZE) {
       // The last frame we copied must still be there, byte for byte.
       const fs = walFrameSize(sh.header.pageSize);
-      using w = await Deno.open(this.walPath, { read: true });
-      using s = await Deno.open(this.shadowWalPath(this.#generation, sh.index), { read: true });
-      const a = await readAt(w, sh.size - fs, fs);
-      const b = await readAt(s, sh.size - fs, fs);
+      using w = Deno.openSync(this.walPath, { read: true });
+      using s = Deno.openSync(this.shadowWalPath(this.#generation, sh.index), { read: true });
+      const a = readAtSync(w, sh.size - fs, fs);
+      const b = readAtSync(s, sh.size - fs, fs);
       if (!bytesEqual(a, b)) return { kind: "new", reason: "wal overwritten by another process" };
     }
     return same ? { kind: "same" } : { kind: "next" };
@@ -452,7 +470,7 @@ export class Db implements AsyncDisposable {
 
   async #createGeneration(reason: string): Promise<void> {
     const gen = newGenerationName();
-    const wal = await this.#readWalHeader();
+    const wal = this.#readWalHeader();
     if (!isValidWalHeader(wal.bytes)) {
       throw new Error(`Cannot start a generation for "${this.path}": WAL header is invalid`);
     }
@@ -499,25 +517,25 @@ export class Db implements AsyncDisposable {
    */
   async #copyFrames(): Promise<number> {
     const sh = this.#shadow!;
-    using wal = await Deno.open(this.walPath, { read: true });
-    const walSize = (await wal.stat()).size;
-    const scan = await scanFile(wal, sh.size, walSize, sh.header, sh.checksum, true);
+    using wal = Deno.openSync(this.walPath, { read: true });
+    const walSize = wal.statSync().size;
+    const scan = scanFile(wal, sh.size, walSize, sh.header, sh.checksum, true);
     if (scan.end <= sh.size) return 0;
     const n = scan.end - sh.size;
     {
-      using out = await Deno.open(this.shadowWalPath(this.#generation!, sh.index), { write: true });
-      await out.seek(sh.size, Deno.SeekMode.Start);
+      using out = Deno.openSync(this.shadowWalPath(this.#generation!, sh.index), { write: true });
+      out.seekSync(sh.size, Deno.SeekMode.Start);
       const keptBytes = scan.data?.reduce((a, b) => a + b.length, 0) ?? 0;
       if (scan.data && keptBytes >= n) {
         let left = n;
         for (const part of scan.data) {
           if (left <= 0) break;
-          await writeAll(out, part.subarray(0, Math.min(left, part.length)));
+          writeAllSync(out, part.subarray(0, Math.min(left, part.length)));
           left -= part.length;
         }
       } else {
         for (let off = sh.size; off < scan.end; off += SCAN_CHUNK) {
-          await writeAll(out, await readAt(wal, off, Math.min(SCAN_CHUNK, scan.end - off)));
+          writeAllSync(out, readAtSync(wal, off, Math.min(SCAN_CHUNK, scan.end - off)));
         }
       }
       await out.syncData();
@@ -568,15 +586,21 @@ export class Db implements AsyncDisposable {
     const read = this.#read!, write = this.#write!, ckpt = this.#ckpt!;
     const t0 = performance.now();
     // 1. Hold the write lock: from here until we re-take the read lock, nothing commits.
-    try {
-      write.exec("BEGIN IMMEDIATE");
-    } catch (err) {
-      if (isBusyError(err)) {
-        this.log.debug("checkpoint postponed: database busy", { mode });
-        return { copied: false, complete: false };
-      }
-      throw err;
+    // PASSIVE tries briefly and comes back on a later sync; the forced modes wait.
+    const sh0 = this.#shadow!;
+    const missed = this.#lockMissedAt;
+    if (
+      mode === "PASSIVE" && missed && missed.index === sh0.index && missed.size === sh0.size &&
+      performance.now() - missed.at < this.monitorIntervalMs
+    ) {
+      return { copied: false, complete: false }; // nothing committed since the last miss
     }
+    if (!(await this.#lockWrites(mode === "PASSIVE" ? 0 : this.busyTimeoutMs))) {
+      this.#lockMissedAt = { index: sh0.index, size: sh0.size, at: performance.now() };
+      this.log.debug("checkpoint postponed: database busy", { mode });
+      return { copied: false, complete: false };
+    }
+    this.#lockMissedAt = undefined;
     let result;
     let copied = 0;
     try {
@@ -639,6 +663,30 @@ export class Db implements AsyncDisposable {
    *
    * @returns undefined when readers on older snapshots kept the checkpoint from completing
    */
+  /**
+   * Takes the write lock on our write connection. SQLite's own busy handler sleeps 1, 2, 5…
+   * ms between tries, blocking our event loop meanwhile (node:sqlite is synchronous), and
+   * loses nearly every race against a writer committing back to back, whose lock is free
+   * only for the microseconds between two transactions. So the connection has no busy
+   * timeout and we retry at once for WRITE_LOCK_SPIN_MS, then yield 1 ms, until `waitMs`.
+   */
+  async #lockWrites(waitMs: number): Promise<boolean> {
+    const until = performance.now() + waitMs;
+    for (;;) {
+      const spinUntil = performance.now() + WRITE_LOCK_SPIN_MS;
+      do {
+        try {
+          this.#write!.exec("BEGIN IMMEDIATE");
+          return true;
+        } catch (err) {
+          if (!isBusyError(err)) throw err;
+        }
+      } while (performance.now() < spinUntil);
+      if (performance.now() >= until) return false;
+      await delay(1);
+    }
+  }
+
   async checksum(): Promise<{ pos: Pos; sha256: string; size: number } | undefined> {
     return await this.#checkpointLock.run(async () => {
       let pos: Pos | undefined;
@@ -684,21 +732,21 @@ export class Db implements AsyncDisposable {
    *
    * @throws {Deno.errors.NotFound} If that shadow file no longer exists.
    */
-  async readShadow(generation: string, index: number, offset: number): Promise<Uint8Array> {
-    const end = await this.shadowEnd(generation, index);
+  readShadow(generation: string, index: number, offset: number): Uint8Array {
+    const end = this.shadowEnd(generation, index);
     if (offset >= end) return new Uint8Array(0);
-    using f = await Deno.open(this.shadowWalPath(generation, index), { read: true });
-    return await readAt(f, offset, end - offset);
+    using f = Deno.openSync(this.shadowWalPath(generation, index), { read: true });
+    return readAtSync(f, offset, end - offset);
   }
 
   /** Committed size of shadow file `index` (NotFound if it is gone). */
-  async shadowEnd(generation: string, index: number): Promise<number> {
+  shadowEnd(generation: string, index: number): number {
     const sh = this.#shadow;
     if (generation === this.#generation && sh && index === sh.index) return sh.size;
     if (generation !== this.#generation || !sh || index > sh.index) {
       throw new Deno.errors.NotFound(`No shadow WAL ${generation}/${formatShadowWalName(index)}`);
     }
-    return (await Deno.stat(this.shadowWalPath(generation, index))).size;
+    return Deno.statSync(this.shadowWalPath(generation, index)).size;
   }
 
   /**
@@ -740,10 +788,11 @@ export class Db implements AsyncDisposable {
   }
 
   async #monitor(signal: AbortSignal): Promise<void> {
-    const watcher = this.watch ? this.#watchWal(signal) : Promise.resolve();
+    let lastStart = -Infinity;
     while (!signal.aborted) {
-      await this.#wake.wait(this.monitorIntervalMs, signal);
-      if (signal.aborted) break;
+      // Arm before syncing: a write after this point wakes us, one before it the sync sees.
+      if (this.watch) this.#armWatch(signal);
+      lastStart = performance.now();
       try {
         await this.sync();
       } catch (err) {
@@ -751,44 +800,57 @@ export class Db implements AsyncDisposable {
         this.log.error("sync failed", { error: describeError(err) });
         await delay(Math.min(this.monitorIntervalMs, 1000), { signal }).catch(() => {});
       }
+      await this.#wake.wait(this.monitorIntervalMs, signal);
+      // Under a burst every commit wakes us: batch what arrives within the gap.
+      const wait = lastStart + this.minSyncGapMs - performance.now();
+      if (wait > 0 && !signal.aborted) await delay(wait, { signal }).catch(() => {});
     }
-    await watcher;
   }
 
   /**
-   * Wakes the monitor on every write to the WAL file (inotify), re-arming if needed.
+   * Arms a one-shot watch (inotify) on the `-wal` file: the first write after this wakes
+   * the monitor and ends the watch, which the monitor arms again before its next sync. A
+   * standing watch delivers an event for every write SQLite makes, thousands a second
+   * under a burst of commits, and handling them cost more CPU than copying the frames.
    *
    * Only the `-wal` file is watched, never the directory: on directory events Deno's
    * watcher opens and closes the changed file, and closing a descriptor of the database
    * file drops SQLite's locks in this process (see #dbFile).
    */
-  async #watchWal(signal: AbortSignal): Promise<void> {
-    while (!signal.aborted) {
-      let watcher: Deno.FsWatcher | undefined;
-      const onAbort = () => watcher?.close();
-      try {
-        watcher = Deno.watchFs(this.walPath, { recursive: false });
-        signal.addEventListener("abort", onAbort, { once: true });
-        for await (const ev of watcher) {
-          if (ev.kind === "modify" || ev.kind === "create" || ev.kind === "any") {
-            this.#wake.notify();
-          }
-          if (ev.kind === "remove") break; // the WAL was replaced: watch the new one
-        }
-      } catch (err) {
-        if (signal.aborted) break;
-        if (!(err instanceof Deno.errors.NotFound)) {
-          this.log.warn("file watch failed, polling only", { error: describeError(err) });
-          return;
-        }
-      } finally {
-        signal.removeEventListener("abort", onAbort);
-        try {
-          watcher?.close();
-        } catch { /* already closed */ }
+  #armWatch(signal: AbortSignal): void {
+    if (this.#watcher || this.#watchFailed || signal.aborted) return;
+    let watcher: Deno.FsWatcher;
+    try {
+      watcher = Deno.watchFs(this.walPath, { recursive: false });
+    } catch (err) {
+      // No WAL yet: the next pass tries again (the poll covers the gap).
+      if (!(err instanceof Deno.errors.NotFound)) {
+        this.#watchFailed = true;
+        this.log.warn("file watch failed, polling only", { error: describeError(err) });
       }
-      await delay(this.monitorIntervalMs, { signal }).catch(() => {});
+      return;
     }
+    this.#watcher = watcher;
+    const end = () => {
+      signal.removeEventListener("abort", end);
+      if (this.#watcher === watcher) this.#watcher = undefined;
+      try {
+        watcher.close();
+      } catch { /* already closed */ }
+    };
+    signal.addEventListener("abort", end, { once: true });
+    (async () => {
+      try {
+        for await (const _ of watcher) {
+          this.#wake.notify();
+          break;
+        }
+      } catch {
+        /* closed; the poll still runs */
+      } finally {
+        end();
+      }
+    })();
   }
 
   #closeConnections(): void {
@@ -854,14 +916,14 @@ function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
  * the file keeps its old size, so most of it is stale and never needs reading). With `keep`,
  * the bytes read are returned too while they stay under 8 MiB, to copy without re-reading.
  */
-async function scanFile(
+function scanFile(
   file: Deno.FsFile,
   start: number,
   size: number,
   header: WalHeader,
   seed: readonly [number, number],
   keep = false,
-): Promise<{ end: number; checksum: [number, number]; data?: Uint8Array[] }> {
+): { end: number; checksum: [number, number]; data?: Uint8Array[] } {
   const fs = walFrameSize(header.pageSize);
   const maxChunk = Math.max(1, Math.floor(SCAN_CHUNK / fs)) * fs;
   let chunk = Math.min(16 * fs, maxChunk);
@@ -873,7 +935,7 @@ async function scanFile(
   let kept = 0;
   const limit = frameAlign(size, header.pageSize);
   while (off + fs <= limit) {
-    const buf = await readAt(file, off, Math.min(chunk, limit - off));
+    const buf = readAtSync(file, off, Math.min(chunk, limit - off));
     const usable = buf.subarray(0, Math.floor(buf.length / fs) * fs);
     if (usable.length === 0) break;
     if (data) {

@@ -191,7 +191,7 @@ export class Replica implements AsyncDisposable {
       return;
     }
     try {
-      await this.db.shadowEnd(gen, pos.index);
+      this.db.shadowEnd(gen, pos.index);
     } catch (err) {
       if (!(err instanceof Deno.errors.NotFound)) throw err;
       // The shadow files the store still needs are gone: start over from a snapshot.
@@ -235,7 +235,7 @@ export class Replica implements AsyncDisposable {
       const pos = this.#pos!;
       const dpos = this.db.pos();
       if (!dpos || dpos.generation !== pos.generation) return;
-      const end = await this.db.shadowEnd(pos.generation, pos.index);
+      const end = this.db.shadowEnd(pos.generation, pos.index);
       if (pos.offset >= end) {
         if (pos.index < dpos.index) {
           this.#pos = { ...pos, index: pos.index + 1, offset: 0 };
@@ -251,7 +251,7 @@ export class Replica implements AsyncDisposable {
       const t0 = performance.now();
       const size = end - pos.offset;
       if (size <= STREAM_SEGMENT_BYTES) {
-        const raw = await this.db.readShadow(pos.generation, pos.index, pos.offset);
+        const raw = this.db.readShadow(pos.generation, pos.index, pos.offset);
         await this.client.writeWalSegment(pos, lz4Compress(raw.subarray(0, size)), options);
       } else {
         await this.client.writeWalSegment(pos, this.#shadowStream(pos, end), options);

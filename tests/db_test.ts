@@ -245,3 +245,26 @@ Deno.test("Db follows a WAL restarted by a write larger than the life it checkpo
   assert.equal(fx.db.pos()!.index, 1);
   assert.equal(await restoredDump(fx.client, `${dir.path}/r.db`), await dump(fx.path));
 });
+
+Deno.test("Db checkpoints between the commits of a writer committing back to back", async () => {
+  // The write lock is free only between two of the writer's transactions: SQLite's busy
+  // handler (sleeping 1, 2, 5… ms) would miss those gaps until the burst ends, letting the
+  // WAL grow by the whole burst.
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path, {
+    monitorIntervalMs: 1000,
+    minCheckpointPageCount: 200,
+    maxCheckpointPageCount: 0,
+  });
+  const inserts = Array.from(
+    { length: 2000 },
+    (_, i) => `INSERT INTO t (v) VALUES ('burst ${i}');`,
+  );
+  await sqliteAsync(fx.path, `.timeout 10000\n${inserts.join("\n")}`);
+  await fx.sync();
+  const frames = ((await Deno.stat(`${fx.path}-wal`)).size - WAL_HEADER_SIZE) / 4120;
+  const passive = fx.db.metrics.checkpointCount.PASSIVE ?? 0;
+  assert.ok(passive >= 3, `checkpoints ran during the burst (${passive})`);
+  assert.ok(frames < 1000, `the WAL stayed far below the burst's 2000 frames (${frames})`);
+  assert.equal(await restoredDump(fx.client, `${dir.path}/r.db`), await dump(fx.path));
+});

@@ -78,7 +78,7 @@ export class FileReplicaClient implements ReplicaClient {
     options.signal?.throwIfAborted();
     const path = this.#path(snapshotKey(key.generation, key.index));
     const size = await this.#write(path, data, options.signal);
-    return { ...key, size, createdAt: await mtime(path) };
+    return { ...key, size, createdAt: mtime(path) };
   }
 
   async openSnapshot(
@@ -108,7 +108,7 @@ export class FileReplicaClient implements ReplicaClient {
     options.signal?.throwIfAborted();
     const path = this.#path(walSegmentKey(pos.generation, pos.index, pos.offset));
     const size = await this.#write(path, data, options.signal);
-    return { ...pos, size, createdAt: await mtime(path) };
+    return { ...pos, size, createdAt: mtime(path) };
   }
 
   async openWalSegment(pos: Pos, options: CallOptions = {}): Promise<ReadableStream<Uint8Array>> {
@@ -187,8 +187,8 @@ async function* listDir(
   }
 }
 
-async function mtime(path: string): Promise<Date> {
-  return (await Deno.stat(path)).mtime ?? new Date();
+function mtime(path: string): Date {
+  return Deno.statSync(path).mtime ?? new Date();
 }
 
 async function openReadable(path: string, what: string): Promise<ReadableStream<Uint8Array>> {
