@@ -53,7 +53,7 @@ import type { CallOptions } from "./replica_client.ts";
 import { type DbMetrics, newDbMetrics } from "./metrics.ts";
 
 export const DEFAULT_MONITOR_INTERVAL_MS = 1_000;
-export const DEFAULT_MIN_SYNC_GAP_MS = 10;
+export const DEFAULT_MIN_SYNC_GAP_MS = 20;
 export const DEFAULT_CHECKPOINT_INTERVAL_MS = 60_000;
 export const DEFAULT_MIN_CHECKPOINT_PAGE_COUNT = 1_000;
 export const DEFAULT_MAX_CHECKPOINT_PAGE_COUNT = 10_000;
@@ -76,7 +76,7 @@ export interface DbOptions {
   watch?: boolean;
   /**
    * Least time between the starts of two background syncs: an isolated commit is copied at
-   * once, a burst of commits is copied in batches this far apart. @default {10}
+   * once, a burst of commits is copied in batches this far apart. @default {20}
    */
   minSyncGapMs?: number;
   /** Checkpoint when frames were added and this long passed since the last one; 0 disables. @default {60000} */
@@ -148,6 +148,8 @@ export class Db implements AsyncDisposable {
   #wake = new Wakeup();
   #watcher?: Deno.FsWatcher;
   #watchFailed = false;
+  // The WAL's stat at the start of the last successful sync (see #walUnchanged).
+  #walSeen?: Deno.FileInfo;
   #waitingLogged = false;
   #closed = false;
 
@@ -249,6 +251,8 @@ export class Db implements AsyncDisposable {
     try {
       let changed = false;
       this.#ensureWalExists(this.#ckpt!);
+      this.#walSeen = undefined;
+      const seen = statOrUndefined(this.walPath);
       let wal = this.#readWalHeader();
       let verdict: Verdict = this.#forceNewGeneration
         ? { kind: "new", reason: this.#forceNewGeneration }
@@ -283,6 +287,7 @@ export class Db implements AsyncDisposable {
         for (const s of this.#subscribers) s.notify();
         await this.#cleanShadow();
       }
+      this.#walSeen = seen;
       this.metrics.syncCount++;
       this.metrics.walSize = wal.size;
       this.metrics.dbSize = this.#dbFile?.statSync().size ?? 0;
@@ -800,11 +805,22 @@ export class Db implements AsyncDisposable {
         this.log.error("sync failed", { error: describeError(err) });
         await delay(Math.min(this.monitorIntervalMs, 1000), { signal }).catch(() => {});
       }
-      await this.#wake.wait(this.monitorIntervalMs, signal);
+      // With a watch armed, a poll only stats the WAL: an idle database costs no reads.
+      while (!(await this.#wake.wait(this.monitorIntervalMs, signal)) && !signal.aborted) {
+        if (!this.#watcher || !this.#walUnchanged()) break;
+      }
       // Under a burst every commit wakes us: batch what arrives within the gap.
       const wait = lastStart + this.minSyncGapMs - performance.now();
       if (wait > 0 && !signal.aborted) await delay(wait, { signal }).catch(() => {});
     }
+  }
+
+  /** True if the WAL file looks as at the start of the last sync and no checkpoint is due. */
+  #walUnchanged(): boolean {
+    const seen = this.#walSeen, st = statOrUndefined(this.walPath);
+    if (!seen || !st) return false;
+    return st.ino === seen.ino && st.size === seen.size &&
+      st.mtime?.getTime() === seen.mtime?.getTime() && !this.#checkpointMode(st.size);
   }
 
   /**
@@ -916,6 +932,14 @@ function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
  * the file keeps its old size, so most of it is stale and never needs reading). With `keep`,
  * the bytes read are returned too while they stay under 8 MiB, to copy without re-reading.
  */
+function statOrUndefined(path: string): Deno.FileInfo | undefined {
+  try {
+    return Deno.statSync(path);
+  } catch {
+    return undefined;
+  }
+}
+
 function scanFile(
   file: Deno.FsFile,
   start: number,

@@ -1,5 +1,14 @@
 import assert from "node:assert/strict";
-import { blobs, dump, integrity, openTestDb, sqliteAsync, tempDir, Writer } from "./_helpers.ts";
+import {
+  blobs,
+  dump,
+  integrity,
+  openTestDb,
+  sqliteAsync,
+  tempDir,
+  waitFor,
+  Writer,
+} from "./_helpers.ts";
 import { restore } from "../src/restore.ts";
 import { decodeWalHeader, WAL_HEADER_SIZE } from "../src/wal.ts";
 
@@ -266,5 +275,27 @@ Deno.test("Db checkpoints between the commits of a writer committing back to bac
   const passive = fx.db.metrics.checkpointCount.PASSIVE ?? 0;
   assert.ok(passive >= 3, `checkpoints ran during the burst (${passive})`);
   assert.ok(frames < 1000, `the WAL stayed far below the burst's 2000 frames (${frames})`);
+  assert.equal(await restoredDump(fx.client, `${dir.path}/r.db`), await dump(fx.path));
+});
+
+Deno.test("Db polls an idle WAL with a stat only, yet runs a checkpoint that falls due", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path, {
+    monitorIntervalMs: 50,
+    checkpointIntervalMs: 1500,
+  });
+  const before = fx.db.pos()!.offset;
+  await sqliteAsync(fx.path, "INSERT INTO t (v) VALUES ('one');");
+  await waitFor(() => fx.db.pos()!.offset > before, 5000, "the commit to be copied");
+  await new Promise((r) => setTimeout(r, 100));
+  const syncs = fx.db.metrics.syncCount;
+  await new Promise((r) => setTimeout(r, 500)); // ten polls of an unchanged WAL
+  assert.equal(fx.db.metrics.syncCount, syncs, "no sync while the WAL was unchanged");
+  await waitFor(
+    () => (fx.db.metrics.checkpointCount.PASSIVE ?? 0) > 0,
+    5000,
+    "the checkpoint-interval checkpoint",
+  );
+  await fx.sync();
   assert.equal(await restoredDump(fx.client, `${dir.path}/r.db`), await dump(fx.path));
 });
