@@ -105,7 +105,7 @@ function parseSettings(args: string[]): Settings {
     lagCommits: quick ? 20 : 100,
     lagSpacingMs: 150,
     bigMb: quick ? 32 : 128,
-    restoreRuns: quick ? 1 : 3,
+    restoreRuns: quick ? 1 : 5,
     s3IdleSeconds: quick ? 10 : 60,
     s3LoadSeconds: quick ? 10 : 60,
     s3CommitsPerSecond: 10,
@@ -406,17 +406,20 @@ async function bigDbWorkload(ctx: Ctx): Promise<void> {
     }
   }
   // Restores: each tool from its own replica, and ours from v0.3.13's.
-  const restores: [string, Tool, Tool][] = [
-    ["ours", "ours", "ours"],
-    ["v0.3.13", "v0.3.13", "v0.3.13"],
-    ["ours from v0.3.13", "ours", "v0.3.13"],
+  const restores: [string, Tool, Tool, string[]][] = [
+    ["ours", "ours", "ours", []],
+    ["v0.3.13", "v0.3.13", "v0.3.13", []],
+    ["ours from v0.3.13", "ours", "v0.3.13", []],
+    // Like for like: v0.3.13 runs no integrity check.
+    ["ours, no integrity check", "ours", "ours", ["-skip-integrity-check"]],
   ];
   const restoreTimes: Record<string, number[]> = {};
   for (let i = 0; i < restoreRuns; i++) {
-    for (const [name, tool, owner] of restores) {
+    for (const [name, tool, owner, flags] of restores) {
       progress(`3: restore ${i + 1}/${restoreRuns}, ${name}`);
       const out = `${ctx.tmp}/w3-restored-${tool}-${owner}-${i}.db`;
       const argv = toolArgv(ctx.tools, tool, "restore", [
+        ...flags,
         "-o",
         out,
         `file://${ctx.tmp}/w3-${owner}/replica`,
@@ -455,6 +458,11 @@ async function bigDbWorkload(ctx: Ctx): Promise<void> {
     mb / restoreSec["ours"],
     mb / restoreSec["v0.3.13"],
     1,
+  );
+  r.num(
+    "restore, ours without integrity_check (s)",
+    restoreSec["ours, no integrity check"],
+    restoreSec["v0.3.13"],
   );
   r.num(
     "ours restoring v0.3.13's replica (s) vs v0.3.13",
