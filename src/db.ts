@@ -252,8 +252,8 @@ export class Db implements AsyncDisposable {
       let changed = false;
       this.#ensureWalExists(this.#ckpt!);
       this.#walSeen = undefined;
-      const seen = statOrUndefined(this.walPath);
       let wal = this.#readWalHeader();
+      const seen = wal.info;
       let verdict: Verdict = this.#forceNewGeneration
         ? { kind: "new", reason: this.#forceNewGeneration }
         : this.#verify(wal.bytes, wal.size);
@@ -385,14 +385,15 @@ export class Db implements AsyncDisposable {
 
   // The per-sync file work below uses synchronous calls (see readAtSync); only the
   // fdatasync of the shadow WAL goes through the thread pool.
-  #readWalHeader(): { bytes: Uint8Array; size: number } {
+  #readWalHeader(): { bytes: Uint8Array; size: number; info: Deno.FileInfo } {
     using f = Deno.openSync(this.walPath, { read: true });
-    const size = f.statSync().size;
+    const info = f.statSync();
+    const size = info.size;
     const bytes = readAtSync(f, 0, WAL_HEADER_SIZE);
     if (bytes.length < WAL_HEADER_SIZE) {
       throw new Error(`Cannot read WAL header of "${this.path}": WAL is ${size} bytes`);
     }
-    return { bytes, size };
+    return { bytes, size, info };
   }
 
   /** Loads the generation and the last shadow WAL file, trimming any torn tail. */
@@ -661,14 +662,6 @@ export class Db implements AsyncDisposable {
   }
 
   /**
-   * Backfills the whole WAL into the database file (under the write lock, as every checkpoint
-   * of ours) and hashes the file, which then holds exactly the state at the returned
-   * position: our read lock sits on read mark 0, which keeps every checkpoint from changing
-   * the file while it is read, and no checkpoint of ours runs meanwhile.
-   *
-   * @returns undefined when readers on older snapshots kept the checkpoint from completing
-   */
-  /**
    * Takes the write lock on our write connection. SQLite's own busy handler sleeps 1, 2, 5…
    * ms between tries, blocking our event loop meanwhile (node:sqlite is synchronous), and
    * loses nearly every race against a writer committing back to back, whose lock is free
@@ -692,6 +685,14 @@ export class Db implements AsyncDisposable {
     }
   }
 
+  /**
+   * Backfills the whole WAL into the database file (under the write lock, as every checkpoint
+   * of ours) and hashes the file, which then holds exactly the state at the returned
+   * position: our read lock sits on read mark 0, which keeps every checkpoint from changing
+   * the file while it is read, and no checkpoint of ours runs meanwhile.
+   *
+   * @returns undefined when readers on older snapshots kept the checkpoint from completing
+   */
   async checksum(): Promise<{ pos: Pos; sha256: string; size: number } | undefined> {
     return await this.#checkpointLock.run(async () => {
       let pos: Pos | undefined;
@@ -793,11 +794,10 @@ export class Db implements AsyncDisposable {
   }
 
   async #monitor(signal: AbortSignal): Promise<void> {
-    let lastStart = -Infinity;
     while (!signal.aborted) {
       // Arm before syncing: a write after this point wakes us, one before it the sync sees.
       if (this.watch) this.#armWatch(signal);
-      lastStart = performance.now();
+      const lastStart = performance.now();
       try {
         await this.sync();
       } catch (err) {
@@ -920,6 +920,14 @@ export class Db implements AsyncDisposable {
   }
 }
 
+function statOrUndefined(path: string): Deno.FileInfo | undefined {
+  try {
+    return Deno.statSync(path);
+  } catch {
+    return undefined;
+  }
+}
+
 function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
@@ -932,14 +940,6 @@ function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
  * the file keeps its old size, so most of it is stale and never needs reading). With `keep`,
  * the bytes read are returned too while they stay under 8 MiB, to copy without re-reading.
  */
-function statOrUndefined(path: string): Deno.FileInfo | undefined {
-  try {
-    return Deno.statSync(path);
-  } catch {
-    return undefined;
-  }
-}
-
 function scanFile(
   file: Deno.FsFile,
   start: number,
