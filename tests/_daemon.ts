@@ -58,12 +58,22 @@ export class Daemon implements AsyncDisposable {
 
   /**
    * Sends `signal` and waits for the exit (SIGKILL after `timeoutMs`).
-   * Returns the exit status and the whole log.
+   * Returns the exit status and the whole log; throws if it had to SIGKILL.
    */
   async stop(
     signal: Deno.Signal = "SIGTERM",
     timeoutMs = 20_000,
   ): Promise<{ code: number; signal: Deno.Signal | null; log: string }> {
+    const r = await this.#stop(signal, timeoutMs);
+    if (r.timedOut) {
+      throw new Error(
+        `${this.name} did not exit within ${timeoutMs} ms of ${signal}; log:\n${r.log}`,
+      );
+    }
+    return r;
+  }
+
+  async #stop(signal: Deno.Signal, timeoutMs: number) {
     if (this.running) {
       try {
         this.child.kill(signal);
@@ -82,12 +92,12 @@ export class Daemon implements AsyncDisposable {
     }
     const status = await this.child.status;
     await this.#drained;
-    if (first === "timeout") {
-      throw new Error(
-        `${this.name} did not exit within ${timeoutMs} ms of ${signal}; log:\n${this.#log}`,
-      );
-    }
-    return { code: status.code, signal: status.signal, log: this.#log };
+    return {
+      code: status.code,
+      signal: status.signal,
+      log: this.#log,
+      timedOut: first === "timeout",
+    };
   }
 
   /** Stops with `signal` and asserts a clean exit (code 0), returning the log. */
@@ -102,14 +112,27 @@ export class Daemon implements AsyncDisposable {
   }
 
   /**
-   * Stops v0.3.13 with `signal`, accepting its one known shutdown failure: when the final
-   * sync checkpoints (the WAL is above min-checkpoint-page-count, which it stays at after a
-   * PASSIVE checkpoint until the next write restarts it), releasing the read lock uses the
-   * already cancelled context, so it logs `checkpoint: mode=PASSIVE err=release read lock:
-   * context canceled` and exits 1 — after the final sync of the shadow WAL and the replica.
+   * Stops v0.3.13 with `signal`, accepting its two known shutdown defects; whatever the
+   * test checks next (restores equal to the source) still decides whether it replicated
+   * everything.
+   * - When the final sync checkpoints (the WAL is above min-checkpoint-page-count, which it
+   *   stays at after a PASSIVE checkpoint until the next write restarts it), releasing the
+   *   read lock uses the already cancelled context, so it logs `checkpoint: mode=PASSIVE
+   *   err=release read lock: context canceled` and exits 1 — after the final sync of the
+   *   shadow WAL and the replica.
+   * - Upstream #524 (fixed on main in Dec 2023, never released in v0.3): the replica's own
+   *   sync loop is still uploading a WAL segment when shutdown cancels its context; the
+   *   upload returns, but the goroutine feeding it through an io.Pipe blocks forever, so
+   *   the process never exits. Its log shows it: after `signal received`, a segment whose
+   *   `write wal segment` lines outnumber its `wal segment written` lines although the
+   *   shutdown's own final sync wrote it. Then it is killed after 10 s.
    */
   async stopOracle(signal: Deno.Signal = "SIGTERM"): Promise<string> {
-    const r = await this.stop(signal);
+    const r = await this.#stop(signal, 10_000);
+    if (r.timedOut) {
+      if (hungOnPipe(r.log)) return r.log;
+      throw new Error(`${this.name} did not exit within 10000 ms of ${signal}; log:\n${r.log}`);
+    }
     if (r.code === 0 && r.signal === null) return r.log;
     const errors = r.log.split("\n").filter((l) => /level=ERROR/.test(l));
     const known = errors.length > 0 &&
@@ -121,6 +144,28 @@ export class Daemon implements AsyncDisposable {
   async [Symbol.asyncDispose](): Promise<void> {
     if (this.running) await this.stop("SIGKILL").catch(() => {});
   }
+}
+
+/**
+ * True when a v0.3.13 log shows the upstream #524 hang after a shutdown signal: some WAL
+ * segment was started more often than finished, yet finished at least once.
+ */
+export function hungOnPipe(log: string): boolean {
+  const at = log.indexOf("signal received");
+  if (at < 0) return false;
+  const started = new Map<string, number>();
+  const written = new Map<string, number>();
+  for (const line of log.slice(at).split("\n")) {
+    const m = /msg="(write wal segment|wal segment written)".* position=(\S+)/.exec(line);
+    if (!m) continue;
+    const counts = m[1] === "write wal segment" ? started : written;
+    counts.set(m[2], (counts.get(m[2]) ?? 0) + 1);
+  }
+  for (const [pos, n] of started) {
+    const done = written.get(pos) ?? 0;
+    if (done > 0 && n > done) return true;
+  }
+  return false;
 }
 
 /** Output of a finished command. */

@@ -9,6 +9,7 @@ import { dump, integrity, tempDir, waitFor, Writer } from "./_helpers.ts";
 import {
   createLoadDb,
   Daemon,
+  hungOnPipe,
   ok,
   parseTable,
   prepareWriter,
@@ -248,4 +249,30 @@ Deno.test("our replicate after v0.3.13 with writes in between keeps every replic
     assert.equal(await ourRestore(replica, `${dir.path}/lib.db`), source);
     assert.equal(await oracleRestore(replica, `${dir.path}/theirs.db`), source);
   });
+});
+
+Deno.test("hungOnPipe() tells v0.3.13's #524 shutdown hang from a clean shutdown", () => {
+  // Tail of the log of a v0.3.13 that never exited after SIGTERM (CI, 2026-11-27).
+  const line = (msg: string, pos: string) =>
+    `time=2026-11-27T13:36:08.966Z level=INFO msg="${msg}" db=/tmp/x/app.db replica=s3 position=${pos}`;
+  const before = [
+    line("write wal segment", "8998cb8952f8487b/00000008:4152"),
+    line("wal segment written", "8998cb8952f8487b/00000008:4152") + " elapsed=1.79ms sz=206000",
+  ];
+  const signal =
+    'time=2026-11-27T13:36:08.966Z level=INFO msg="signal received, litestream shutting down"';
+  const hung = [
+    ...before,
+    signal,
+    line("write wal segment", "8998cb8952f8487b/00000009:0"),
+    line("write wal segment", "8998cb8952f8487b/00000009:0"),
+    line("wal segment written", "8998cb8952f8487b/00000009:0") + " elapsed=4.33ms sz=4152",
+  ];
+  assert.equal(hungOnPipe(hung.join("\n")), true);
+  // One start, one finish: a clean shutdown, not the hang.
+  assert.equal(hungOnPipe([...before, signal, ...hung.slice(4)].join("\n")), false);
+  // Started twice, never finished: the final sync did not write it either, so not #524.
+  assert.equal(hungOnPipe(hung.slice(0, 5).join("\n")), false);
+  // The same lines before the signal are not a shutdown.
+  assert.equal(hungOnPipe([...hung.slice(3), ...before].join("\n")), false);
 });
