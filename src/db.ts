@@ -41,11 +41,13 @@ import {
   fsyncDir,
   mkdirp,
   readAtSync,
+  readIntoSync,
   writeAll,
   writeAllSync,
   writeFileAtomic,
 } from "./internal/fs.ts";
 import { delay, Mutex, Wakeup } from "./internal/delay.ts";
+import { Scratch } from "./internal/bytes.ts";
 import { type Logger, silentLogger } from "./log.ts";
 import { describeError } from "./errors.ts";
 import { createHash } from "node:crypto";
@@ -133,6 +135,7 @@ export class Db implements AsyncDisposable {
   #syncLock = new Mutex();
   #checkpointLock = new Mutex();
   #subscribers = new Set<Wakeup>();
+  #scratch = new Scratch(SCAN_CHUNK); // WAL bytes of one sync, under #syncLock
   #replicaIndexes = new Map<string, Pos>();
   #lastCheckpointAt = Date.now();
   #checkpointedAt?: { index: number; size: number };
@@ -525,7 +528,8 @@ export class Db implements AsyncDisposable {
     const sh = this.#shadow!;
     using wal = Deno.openSync(this.walPath, { read: true });
     const walSize = wal.statSync().size;
-    const scan = scanFile(wal, sh.size, walSize, sh.header, sh.checksum, true);
+    this.#scratch.reset();
+    const scan = scanFile(wal, sh.size, walSize, sh.header, sh.checksum, this.#scratch);
     if (scan.end <= sh.size) return 0;
     const n = scan.end - sh.size;
     {
@@ -541,7 +545,9 @@ export class Db implements AsyncDisposable {
         }
       } else {
         for (let off = sh.size; off < scan.end; off += SCAN_CHUNK) {
-          writeAllSync(out, readAtSync(wal, off, Math.min(SCAN_CHUNK, scan.end - off)));
+          this.#scratch.reset();
+          const n = Math.min(SCAN_CHUNK, scan.end - off);
+          writeAllSync(out, readAtSync(wal, off, n, this.#scratch));
         }
       }
       await out.syncData();
@@ -734,15 +740,16 @@ export class Db implements AsyncDisposable {
 
   /**
    * Reads committed shadow WAL bytes of `index` from `offset` to its current end.
-   * Returns an empty array when there is nothing new in that file.
+   * Returns an empty array when there is nothing new in that file. With `scratch`, the bytes
+   * are a view taken from it.
    *
    * @throws {Deno.errors.NotFound} If that shadow file no longer exists.
    */
-  readShadow(generation: string, index: number, offset: number): Uint8Array {
+  readShadow(generation: string, index: number, offset: number, scratch?: Scratch): Uint8Array {
     const end = this.shadowEnd(generation, index);
     if (offset >= end) return new Uint8Array(0);
     using f = Deno.openSync(this.shadowWalPath(generation, index), { read: true });
-    return readAtSync(f, offset, end - offset);
+    return readAtSync(f, offset, end - offset, scratch);
   }
 
   /** Committed size of shadow file `index` (NotFound if it is gone). */
@@ -756,13 +763,17 @@ export class Db implements AsyncDisposable {
   }
 
   /**
-   * Runs `fn` with a stream of the database file while no checkpoint of ours can run, and
+   * Runs `fn` with a reader of the database file while no checkpoint of ours can run, and
    * the position whose WAL index the snapshot belongs to. Restores replay that WAL index
    * from offset 0 over the snapshot, so pages a concurrent checkpoint by another process
    * writes while we read are overwritten by their WAL frames.
+   *
+   * The reader fills the buffer it is given from where the last call stopped and returns
+   * the byte count, short only at the end of the file (0 there). It is synchronous, so the
+   * caller can reuse one buffer for the whole file.
    */
   async snapshot<T>(
-    fn: (pos: Pos, data: ReadableStream<Uint8Array>) => Promise<T>,
+    fn: (pos: Pos, read: (buf: Uint8Array) => number) => Promise<T>,
   ): Promise<T> {
     return await this.#checkpointLock.run(async () => {
       await this.sync();
@@ -773,23 +784,12 @@ export class Db implements AsyncDisposable {
       const file = this.#dbFile!;
       const size = file.statSync().size;
       let off = 0;
-      const stream = new ReadableStream<Uint8Array>({
-        pull(ctl) {
-          if (off >= size) return ctl.close();
-          const buf = new Uint8Array(Math.min(4 << 20, size - off));
-          file.seekSync(off, Deno.SeekMode.Start);
-          let n = 0;
-          while (n < buf.length) {
-            const r = file.readSync(buf.subarray(n));
-            if (r === null) break;
-            n += r;
-          }
-          if (n === 0) return ctl.close();
-          off += n;
-          ctl.enqueue(buf.subarray(0, n));
-        },
-      }, { highWaterMark: 0 });
-      return await fn(pos, stream);
+      const read = (buf: Uint8Array): number => {
+        const n = readIntoSync(file, off, buf.subarray(0, Math.max(0, size - off)));
+        off += n;
+        return n;
+      };
+      return await fn(pos, read);
     });
   }
 
@@ -937,8 +937,9 @@ function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
 /**
  * Scans frames of `file` from `start` (a frame boundary) to `size`, returning the end of the
  * last valid commit and the checksum there. Reads grow from 16 frames (after a WAL restart
- * the file keeps its old size, so most of it is stale and never needs reading). With `keep`,
- * the bytes read are returned too while they stay under 8 MiB, to copy without re-reading.
+ * the file keeps its old size, so most of it is stale and never needs reading). With
+ * `scratch`, reads land in it and the bytes read are returned too while they stay under
+ * 8 MiB, to copy without re-reading.
  */
 function scanFile(
   file: Deno.FsFile,
@@ -946,7 +947,7 @@ function scanFile(
   size: number,
   header: WalHeader,
   seed: readonly [number, number],
-  keep = false,
+  scratch?: Scratch,
 ): { end: number; checksum: [number, number]; data?: Uint8Array[] } {
   const fs = walFrameSize(header.pageSize);
   const maxChunk = Math.max(1, Math.floor(SCAN_CHUNK / fs)) * fs;
@@ -955,11 +956,12 @@ function scanFile(
   let sum: [number, number] = [seed[0], seed[1]];
   let end = start;
   let endSum: [number, number] = [seed[0], seed[1]];
-  let data: Uint8Array[] | undefined = keep ? [] : undefined;
+  let data: Uint8Array[] | undefined = scratch ? [] : undefined;
   let kept = 0;
   const limit = frameAlign(size, header.pageSize);
   while (off + fs <= limit) {
-    const buf = readAtSync(file, off, Math.min(chunk, limit - off));
+    if (scratch && !data) scratch.reset(); // no longer keeping: reuse the memory
+    const buf = readAtSync(file, off, Math.min(chunk, limit - off), scratch);
     const usable = buf.subarray(0, Math.floor(buf.length / fs) * fs);
     if (usable.length === 0) break;
     if (data) {

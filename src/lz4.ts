@@ -269,7 +269,7 @@ function decompressIndependentBlock(src: Uint8Array, maxSize: number, last?: boo
 
 /** Streaming LZ4 frame writer producing exactly one frame, the way v0.3.13 writes them. */
 export class Lz4FrameEncoder {
-  #buf: Uint8Array | undefined; // allocated on the first partial block only
+  #buf: Uint8Array | undefined; // the partial block; allocated on need, grown by #reserve
   #len = 0;
   #hash = new Xxh32();
   #started = false;
@@ -285,11 +285,11 @@ export class Lz4FrameEncoder {
       if (this.#len === 0 && take === LZ4_BLOCK_SIZE) {
         out.push(...encodeBlock(data.subarray(i, i + take)));
       } else {
-        this.#buf ??= new Uint8Array(LZ4_BLOCK_SIZE);
-        this.#buf.set(data.subarray(i, i + take), this.#len);
+        this.#reserve(this.#len + take);
+        this.#buf!.set(data.subarray(i, i + take), this.#len);
         this.#len += take;
         if (this.#len === LZ4_BLOCK_SIZE) {
-          out.push(...encodeBlock(this.#buf));
+          out.push(...encodeBlock(this.#buf!));
           this.#buf = undefined; // encodeBlock may keep a view of it
           this.#len = 0;
         }
@@ -297,6 +297,18 @@ export class Lz4FrameEncoder {
       i += take;
     }
     return out;
+  }
+
+  /**
+   * Makes `#buf` hold at least `n` bytes. It grows with need (doubling, up to one block):
+   * a small WAL segment, the common case, must not cost a 4 MiB allocation per sync.
+   */
+  #reserve(n: number): void {
+    const cur = this.#buf?.length ?? 0;
+    if (n <= cur) return;
+    const next = new Uint8Array(Math.min(LZ4_BLOCK_SIZE, Math.max(n, 2 * cur)));
+    if (this.#buf) next.set(this.#buf.subarray(0, this.#len));
+    this.#buf = next;
   }
 
   /** Ends the frame: the last block, the end mark and the content checksum. */
@@ -352,17 +364,34 @@ function frameTrailer(checksum: number): Uint8Array {
   return tail;
 }
 
-/** A TransformStream that compresses its input into one LZ4 frame. */
-export function lz4CompressStream(): TransformStream<Uint8Array, Uint8Array> {
+/**
+ * One LZ4 frame of everything `read` returns, as a stream. `read` fills the front of the
+ * buffer it is given and returns the byte count, short only at the end (0 there). A single
+ * block-sized buffer serves the whole input, since each block is compressed (into new
+ * arrays) before the next read: a 128 MiB snapshot no longer leaves 128 MiB of dead
+ * buffers for the garbage collector.
+ */
+export function lz4CompressReader(read: (buf: Uint8Array) => number): ReadableStream<Uint8Array> {
   const enc = new Lz4FrameEncoder();
-  return new TransformStream({
-    transform(chunk, ctl) {
-      for (const b of enc.push(chunk)) ctl.enqueue(b);
+  let buf: Uint8Array | undefined;
+  let done = false;
+  return new ReadableStream<Uint8Array>({
+    pull(ctl) {
+      // A pull that enqueues nothing is not called again: read until there is output.
+      while (!done) {
+        buf ??= new Uint8Array(LZ4_BLOCK_SIZE);
+        const n = read(buf);
+        const parts = n > 0 ? enc.push(buf.subarray(0, n)) : enc.finish();
+        for (const part of parts) ctl.enqueue(part);
+        if (n === 0) {
+          done = true;
+          buf = undefined;
+          ctl.close();
+        }
+        if (parts.length > 0) return;
+      }
     },
-    flush(ctl) {
-      for (const b of enc.finish()) ctl.enqueue(b);
-    },
-  });
+  }, { highWaterMark: 0 });
 }
 
 // ---------------------------------------------------------------------------------------

@@ -13,8 +13,10 @@ import {
   sortedSnapshots,
   sortedWalSegments,
 } from "./replica_client.ts";
-import { lz4Compress, lz4CompressStream, lz4DecompressStream } from "./lz4.ts";
+import { lz4Compress, lz4CompressReader, lz4DecompressStream } from "./lz4.ts";
+import { readIntoSync } from "./internal/fs.ts";
 import { delay, Mutex, type Wakeup } from "./internal/delay.ts";
+import { Scratch } from "./internal/bytes.ts";
 import { describeError } from "./errors.ts";
 import { restore } from "./restore.ts";
 import { createHash } from "node:crypto";
@@ -76,6 +78,7 @@ export class Replica implements AsyncDisposable {
   #abort?: AbortController;
   #loops: Promise<void>[] = [];
   #wake?: Wakeup;
+  #scratch = new Scratch(4 << 20); // shadow bytes of one segment, never held across an await
 
   constructor(db: Db, client: ReplicaClient, options: ReplicaOptions = {}) {
     this.db = db;
@@ -251,7 +254,9 @@ export class Replica implements AsyncDisposable {
       const t0 = performance.now();
       const size = end - pos.offset;
       if (size <= STREAM_SEGMENT_BYTES) {
-        const raw = this.db.readShadow(pos.generation, pos.index, pos.offset);
+        this.#scratch.reset();
+        const raw = this.db.readShadow(pos.generation, pos.index, pos.offset, this.#scratch);
+        // lz4Compress copies what it keeps: the scratch is free again once it returns.
         await this.client.writeWalSegment(pos, lz4Compress(raw.subarray(0, size)), options);
       } else {
         await this.client.writeWalSegment(pos, this.#shadowStream(pos, end), options);
@@ -267,30 +272,19 @@ export class Replica implements AsyncDisposable {
     }
   }
 
+  /** The LZ4 frame of shadow file `pos.index` from `pos.offset` to `end`, as a stream. */
   #shadowStream(pos: Pos, end: number): ReadableStream<Uint8Array> {
     const path = this.db.shadowWalPath(pos.generation, pos.index);
-    let file: Deno.FsFile | undefined;
     let off = pos.offset;
-    const raw = new ReadableStream<Uint8Array>({
-      async pull(ctl) {
-        file ??= await Deno.open(path, { read: true });
-        if (off >= end) {
-          file.close();
-          ctl.close();
-          return;
-        }
-        const buf = new Uint8Array(Math.min(4 << 20, end - off));
-        await file.seek(off, Deno.SeekMode.Start);
-        const n = await file.read(buf);
-        if (n === null) throw new Error(`Shadow WAL "${path}" ended early at ${off}`);
-        off += n;
-        ctl.enqueue(buf.subarray(0, n));
-      },
-      cancel() {
-        file?.close();
-      },
+    return lz4CompressReader((buf) => {
+      const want = Math.min(buf.length, end - off);
+      if (want <= 0) return 0;
+      using file = Deno.openSync(path, { read: true }); // one open per 4 MiB block
+      const n = readIntoSync(file, off, buf.subarray(0, want));
+      if (n < want) throw new Error(`Shadow WAL "${path}" ended early at ${off + n}`);
+      off += n;
+      return n;
     });
-    return raw.pipeThrough(lz4CompressStream());
   }
 
   #report(): void {
@@ -307,7 +301,7 @@ export class Replica implements AsyncDisposable {
   }
 
   async #snapshotLocked(options: CallOptions): Promise<SnapshotInfo> {
-    return await this.db.snapshot(async (pos, data) => {
+    return await this.db.snapshot(async (pos, read) => {
       const t0 = performance.now();
       // Upload this WAL index from offset 0 up to now before the snapshot itself: a restore
       // from the snapshot always replays it, which also repairs pages a checkpoint by
@@ -327,7 +321,7 @@ export class Replica implements AsyncDisposable {
       await this.#upload(options);
       const info = await this.client.writeSnapshot(
         { generation: pos.generation, index: pos.index },
-        data.pipeThrough(lz4CompressStream()),
+        lz4CompressReader(read),
         options,
       );
       this.#lastSnapshotPos = this.db.pos();

@@ -9,10 +9,11 @@ import {
   LZ4_BLOCK_SIZE,
   LZ4_FRAME_MAGIC,
   lz4Compress,
-  lz4CompressStream,
+  lz4CompressReader,
   lz4Decompress,
   lz4DecompressStream,
   Lz4FrameDecoder,
+  Lz4FrameEncoder,
   Xxh32,
   xxh32,
 } from "../src/lz4.ts";
@@ -335,9 +336,12 @@ Deno.test("blockDecodedSize() gives the decoded size of every block the lz4 CLI 
 // Streaming
 
 for (const size of [1, 7]) {
-  Deno.test(`lz4CompressStream() writes the one-shot frame from ${size}-byte chunks`, async () => {
+  Deno.test(`Lz4FrameEncoder writes the one-shot frame from ${size}-byte pushes`, async () => {
     const data = mixedBytes(size === 1 ? 30_000 : 200_000, 20 + size);
-    const frame = await collect(chunked(data, size).pipeThrough(lz4CompressStream()));
+    const enc = new Lz4FrameEncoder();
+    const parts: Uint8Array[] = [];
+    for (let o = 0; o < data.length; o += size) parts.push(...enc.push(data.slice(o, o + size)));
+    const frame = concatBytes(...parts, ...enc.finish());
     assertBytes(frame, lz4Compress(data), "frame");
     assertBytes(await lz4CliDecode(frame), data, "lz4 -d");
   });
@@ -352,10 +356,39 @@ for (const size of [1, 7]) {
   });
 }
 
-Deno.test("lz4CompressStream() writes an empty frame for an empty stream", async () => {
-  const frame = await collect(chunked(new Uint8Array(0), 1).pipeThrough(lz4CompressStream()));
-  assertBytes(frame, lz4Compress(new Uint8Array(0)));
-  assert.equal((await lz4CliDecode(frame)).length, 0);
+/** A reader over `data` for lz4CompressReader(), recording the buffers it was given. */
+function readerOf(data: Uint8Array, seen: Uint8Array[] = []): (buf: Uint8Array) => number {
+  let o = 0;
+  return (buf) => {
+    seen.push(buf);
+    const n = Math.min(buf.length, data.length - o);
+    buf.set(data.subarray(o, o + n));
+    o += n;
+    return n;
+  };
+}
+
+for (const [name, size] of [["empty", 0], ["9 MiB + 3 bytes", 9 * MIB + 3]] as const) {
+  Deno.test(`lz4CompressReader() writes the one-shot frame of ${name}, one buffer`, async () => {
+    const data = mixedBytes(size, 50);
+    const seen: Uint8Array[] = [];
+    const frame = await collect(lz4CompressReader(readerOf(data, seen)));
+    assertBytes(frame, lz4Compress(data), "frame");
+    assertBytes(await lz4CliDecode(frame), data, "lz4 -d");
+    // Every block was read into the same block-sized buffer, until the reader returned 0.
+    assert.equal(seen.length, Math.ceil(size / LZ4_BLOCK_SIZE) + 1);
+    assert.ok(seen.every((b) => b === seen[0] && b.length === LZ4_BLOCK_SIZE));
+  });
+}
+
+Deno.test("lz4CompressReader() errors the stream when the reader throws", async () => {
+  let calls = 0;
+  const stream = lz4CompressReader((buf) => {
+    if (++calls === 2) throw new Error("disk gone");
+    buf.fill(7);
+    return buf.length;
+  });
+  await assert.rejects(collect(stream), /disk gone/);
 });
 
 Deno.test("lz4DecompressStream() errors with SyntaxError on a truncated frame", async () => {

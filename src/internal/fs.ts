@@ -4,6 +4,7 @@
  * @module
  */
 import type { Body } from "../replica_client.ts";
+import type { Scratch } from "./bytes.ts";
 
 /** Returns the directory part of a path ("." when there is none). */
 export function dirname(path: string): string {
@@ -137,17 +138,32 @@ export async function readAt(
 /**
  * {@linkcode readAt} with synchronous calls: a few microseconds of syscalls instead of
  * round trips through Deno's thread pool, which cost more CPU than small reads themselves.
+ * With `scratch`, the bytes land in a view taken from it instead of a new array.
  */
-export function readAtSync(file: Deno.FsFile, offset: number, length: number): Uint8Array {
-  const buf = new Uint8Array(length);
+export function readAtSync(
+  file: Deno.FsFile,
+  offset: number,
+  length: number,
+  scratch?: Scratch,
+): Uint8Array {
+  const buf = scratch ? scratch.take(length) : new Uint8Array(length);
+  const n = readIntoSync(file, offset, buf);
+  return n === length ? buf : buf.subarray(0, n);
+}
+
+/**
+ * Fills `buf` with the bytes of `file` at `offset` (synchronous calls, see
+ * {@linkcode readAtSync}); returns the count, short only at the end of the file.
+ */
+export function readIntoSync(file: Deno.FsFile, offset: number, buf: Uint8Array): number {
   file.seekSync(offset, Deno.SeekMode.Start);
   let n = 0;
-  while (n < length) {
+  while (n < buf.length) {
     const r = file.readSync(buf.subarray(n));
     if (r === null) break;
     n += r;
   }
-  return n === length ? buf : buf.subarray(0, n);
+  return n;
 }
 
 /** {@linkcode writeAll} with synchronous calls (see {@linkcode readAtSync}). */
