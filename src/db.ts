@@ -135,7 +135,7 @@ export class Db implements AsyncDisposable {
   #syncLock = new Mutex();
   #checkpointLock = new Mutex();
   #subscribers = new Set<Wakeup>();
-  #scratch = new Scratch(SCAN_CHUNK); // WAL bytes of one sync, under #syncLock
+  #scratch = new Scratch(4 << 20); // WAL bytes of one sync, under #syncLock
   #replicaIndexes = new Map<string, Pos>();
   #lastCheckpointAt = Date.now();
   #checkpointedAt?: { index: number; size: number };
