@@ -290,7 +290,7 @@ export class Lz4FrameEncoder {
         this.#len += take;
         if (this.#len === LZ4_BLOCK_SIZE) {
           out.push(...encodeBlock(this.#buf!));
-          this.#buf = undefined; // encodeBlock may keep a view of it
+          this.#buf = undefined; // encodeBlock copied it; the next partial block starts small
           this.#len = 0;
         }
       }
@@ -300,8 +300,9 @@ export class Lz4FrameEncoder {
   }
 
   /**
-   * Makes `#buf` hold at least `n` bytes. It grows with need (doubling, up to one block):
-   * a small WAL segment, the common case, must not cost a 4 MiB allocation per sync.
+   * Makes `#buf` hold at least `n` bytes. It grows with need (doubling, up to one block), so
+   * the short last block of a frame, or a frame pushed in small pieces, costs what it holds
+   * rather than 4 MiB.
    */
   #reserve(n: number): void {
     const cur = this.#buf?.length ?? 0;
