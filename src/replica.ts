@@ -14,7 +14,6 @@ import {
   sortedWalSegments,
 } from "./replica_client.ts";
 import { lz4Compress, lz4CompressReader, lz4DecompressStream } from "./lz4.ts";
-import { readIntoSync } from "./internal/fs.ts";
 import { delay, Mutex, type Wakeup } from "./internal/delay.ts";
 import { Scratch } from "./internal/bytes.ts";
 import { describeError } from "./errors.ts";
@@ -194,7 +193,7 @@ export class Replica implements AsyncDisposable {
       return;
     }
     try {
-      this.db.shadowEnd(gen, pos.index);
+      this.db.shadow.end(gen, pos.index);
     } catch (err) {
       if (!(err instanceof Deno.errors.NotFound)) throw err;
       // The shadow files the store still needs are gone: start over from a snapshot.
@@ -238,7 +237,7 @@ export class Replica implements AsyncDisposable {
       const pos = this.#pos!;
       const dpos = this.db.pos();
       if (!dpos || dpos.generation !== pos.generation) return;
-      const end = this.db.shadowEnd(pos.generation, pos.index);
+      const end = this.db.shadow.end(pos.generation, pos.index);
       if (pos.offset >= end) {
         if (pos.index < dpos.index) {
           this.#pos = { ...pos, index: pos.index + 1, offset: 0 };
@@ -255,7 +254,7 @@ export class Replica implements AsyncDisposable {
       const size = end - pos.offset;
       if (size <= STREAM_SEGMENT_BYTES) {
         this.#scratch.reset();
-        const raw = this.db.readShadow(pos.generation, pos.index, pos.offset, this.#scratch);
+        const raw = this.db.shadow.read(pos.generation, pos.index, pos.offset, this.#scratch);
         // lz4Compress copies what it keeps: the scratch is free again once it returns.
         await this.client.writeWalSegment(pos, lz4Compress(raw.subarray(0, size)), options);
       } else {
@@ -274,17 +273,7 @@ export class Replica implements AsyncDisposable {
 
   /** The LZ4 frame of shadow file `pos.index` from `pos.offset` to `end`, as a stream. */
   #shadowStream(pos: Pos, end: number): ReadableStream<Uint8Array> {
-    const path = this.db.shadowWalPath(pos.generation, pos.index);
-    let off = pos.offset;
-    return lz4CompressReader((buf) => {
-      const want = Math.min(buf.length, end - off);
-      if (want <= 0) return 0;
-      using file = Deno.openSync(path, { read: true }); // one open per 4 MiB block
-      const n = readIntoSync(file, off, buf.subarray(0, want));
-      if (n < want) throw new Error(`Shadow WAL "${path}" ended early at ${off + n}`);
-      off += n;
-      return n;
-    });
+    return lz4CompressReader(this.db.shadow.reader(pos.generation, pos.index, pos.offset, end));
   }
 
   #report(): void {

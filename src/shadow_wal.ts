@@ -1,0 +1,400 @@
+/**
+ * The shadow WAL under `.<db>-litestream/`: one file per WAL life (index) of the current
+ * generation, each a byte copy of the real WAL's header and committed frames. This file
+ * owns its paths, loading after a restart (trimming a torn tail), appending committed
+ * frames, reading ranges for the replicas, and removing files no replica needs.
+ *
+ * @module
+ */
+import {
+  decodeWalHeader,
+  frameAlign,
+  isValidWalHeader,
+  scanWalFrames,
+  WAL_HEADER_SIZE,
+  walFrameSize,
+  type WalHeader,
+} from "./wal.ts";
+import {
+  formatShadowWalName,
+  isGenerationName,
+  newGenerationName,
+  parseShadowWalName,
+} from "./layout.ts";
+import type { Pos } from "./pos.ts";
+import {
+  dirname,
+  fsyncDir,
+  mkdirp,
+  readAtSync,
+  readIntoSync,
+  writeAllSync,
+  writeFileAtomic,
+} from "./internal/fs.ts";
+import type { Scratch } from "./internal/bytes.ts";
+import type { Logger } from "./log.ts";
+
+const SCAN_CHUNK = 8 << 20;
+
+/** What a replica reads from the shadow WAL: the end of each file, and its bytes. */
+export interface ShadowWalReader {
+  /** Current end of the shadow WAL: generation, index and committed size. */
+  pos(): Pos | undefined;
+  /**
+   * Committed size of shadow file `index` of `generation`.
+   *
+   * @throws {Deno.errors.NotFound} If that file is gone or belongs to another generation.
+   */
+  end(generation: string, index: number): number;
+  /**
+   * Committed bytes of file `index` from `offset` to its end (empty when there is nothing
+   * new); with `scratch`, a view taken from it.
+   *
+   * @throws {Deno.errors.NotFound} If that file is gone.
+   */
+  read(generation: string, index: number, offset: number, scratch?: Scratch): Uint8Array;
+  /**
+   * A synchronous reader of file `index` from `offset` to `end`: fills the buffer it is
+   * given and returns the byte count (0 at `end`).
+   *
+   * @throws {Error} If the file ends before `end`.
+   */
+  reader(
+    generation: string,
+    index: number,
+    offset: number,
+    end: number,
+  ): (buf: Uint8Array) => number;
+}
+
+interface State {
+  index: number;
+  /** Committed bytes in the file, header included. */
+  size: number;
+  headerBytes: Uint8Array;
+  header: WalHeader;
+  /** Running WAL checksum at `size`. */
+  checksum: [number, number];
+}
+
+/** The shadow WAL of one database. Not safe for concurrent writers: `Db` serialises them. */
+export class ShadowWal implements ShadowWalReader {
+  /** The `.<db>-litestream` directory. */
+  readonly dir: string;
+  #generation?: string;
+  #state?: State;
+  #bytes = 0; // all shadow files of the generation
+  readonly #log: Logger;
+
+  constructor(dir: string, log: Logger) {
+    this.dir = dir;
+    this.#log = log;
+  }
+
+  /** The current generation, if any. */
+  get generation(): string | undefined {
+    return this.#generation;
+  }
+
+  /** Index of the current file (WAL life). */
+  get index(): number | undefined {
+    return this.#state?.index;
+  }
+
+  /** Committed size of the current file. */
+  get size(): number {
+    return this.#state?.size ?? 0;
+  }
+
+  /** Header of the WAL life the current file copies. */
+  get header(): WalHeader | undefined {
+    return this.#state?.header;
+  }
+
+  /** Raw header bytes of the current file. */
+  get headerBytes(): Uint8Array | undefined {
+    return this.#state?.headerBytes;
+  }
+
+  /** Bytes in all shadow files of the current generation (the `shadow_wal_size` metric). */
+  get totalBytes(): number {
+    return this.#bytes;
+  }
+
+  pos(): Pos | undefined {
+    if (!this.#generation || !this.#state) return undefined;
+    return { generation: this.#generation, index: this.#state.index, offset: this.#state.size };
+  }
+
+  /** Path of shadow file `index` of `generation`. */
+  path(generation: string, index: number): string {
+    return `${this.#walDir(generation)}/${formatShadowWalName(index)}`;
+  }
+
+  #walDir(generation: string): string {
+    return `${this.dir}/generations/${generation}/wal`;
+  }
+
+  /** Loads the generation and its last file after a restart, trimming a torn tail. */
+  async load(): Promise<void> {
+    this.#generation = undefined;
+    this.#state = undefined;
+    this.#bytes = 0;
+    let gen: string;
+    try {
+      gen = (await Deno.readTextFile(`${this.dir}/generation`)).trim();
+    } catch (err) {
+      if (err instanceof Deno.errors.NotFound) return;
+      throw err;
+    }
+    if (!isGenerationName(gen)) return;
+    const dir = this.#walDir(gen);
+    let index = -1, bytes = 0;
+    try {
+      for await (const e of Deno.readDir(dir)) {
+        if (e.name.endsWith(".tmp")) {
+          await Deno.remove(`${dir}/${e.name}`).catch(() => {});
+          continue;
+        }
+        const i = parseShadowWalName(e.name);
+        if (i === undefined) continue;
+        if (i > index) index = i;
+        bytes += (await Deno.stat(`${dir}/${e.name}`)).size;
+      }
+    } catch (err) {
+      if (err instanceof Deno.errors.NotFound) return;
+      throw err;
+    }
+    if (index < 0) return;
+    using f = Deno.openSync(this.path(gen, index), { read: true, write: true });
+    const fileSize = f.statSync().size;
+    const headerBytes = readAtSync(f, 0, WAL_HEADER_SIZE);
+    if (headerBytes.length < WAL_HEADER_SIZE || !isValidWalHeader(headerBytes)) return;
+    const header = decodeWalHeader(headerBytes);
+    const scan = scanFile(f, WAL_HEADER_SIZE, fileSize, header, [
+      header.checksum1,
+      header.checksum2,
+    ]);
+    if (scan.end < fileSize) {
+      // A crash during an append left frames without their commit: drop them.
+      this.#log.warn("shadow wal trimmed to last commit", { index, from: fileSize, to: scan.end });
+      await f.truncate(scan.end);
+      await f.syncData();
+      bytes -= fileSize - scan.end;
+    }
+    this.#generation = gen;
+    this.#bytes = bytes;
+    this.#state = { index, size: scan.end, headerBytes, header, checksum: scan.checksum };
+  }
+
+  /**
+   * Starts a new generation whose file 0 copies the WAL life of `walHeader`. The generation
+   * becomes the one a restart loads only at {@linkcode ShadowWal.commitGeneration}, once
+   * its first frames are in.
+   */
+  async beginGeneration(walHeader: Uint8Array): Promise<string> {
+    const gen = newGenerationName();
+    await mkdirp(this.#walDir(gen), 0o700);
+    this.#generation = gen;
+    this.#bytes = 0;
+    await this.startIndex(0, walHeader);
+    return gen;
+  }
+
+  /** Records the current generation as the one to continue and removes all others. */
+  async commitGeneration(): Promise<void> {
+    const gen = this.#generation!;
+    await writeFileAtomic(`${this.dir}/generation`, new TextEncoder().encode(`${gen}\n`), {
+      mode: 0o600,
+    });
+    for await (const e of Deno.readDir(`${this.dir}/generations`)) {
+      if (e.name !== gen) {
+        await Deno.remove(`${this.dir}/generations/${e.name}`, { recursive: true });
+      }
+    }
+  }
+
+  /** Starts file `index`, which copies the WAL life whose header is `walHeader`. */
+  async startIndex(index: number, walHeader: Uint8Array): Promise<void> {
+    const headerBytes = walHeader.slice(0, WAL_HEADER_SIZE);
+    const header = decodeWalHeader(headerBytes);
+    const path = this.path(this.#generation!, index);
+    {
+      using f = await Deno.open(path, { write: true, create: true, truncate: true, mode: 0o600 });
+      writeAllSync(f, headerBytes);
+      await f.syncData();
+    }
+    await fsyncDir(dirname(path));
+    this.#bytes += WAL_HEADER_SIZE;
+    this.#state = {
+      index,
+      size: WAL_HEADER_SIZE,
+      headerBytes,
+      header,
+      checksum: [header.checksum1, header.checksum2],
+    };
+  }
+
+  /**
+   * Appends the committed frames of the current WAL life that the shadow lacks, reading
+   * them from the WAL file at `walPath`. Synchronous and without fsync, so that it can run
+   * while we hold SQLite's write lock: call {@linkcode ShadowWal.flush} afterwards.
+   *
+   * @returns the number of bytes appended, or -1 if the WAL file no longer holds the life
+   * the current file copies (its header changed: the WAL was restarted or truncated)
+   */
+  append(walPath: string, scratch: Scratch): number {
+    const sh = this.#state!;
+    using wal = Deno.openSync(walPath, { read: true });
+    const walSize = wal.statSync().size;
+    scratch.reset();
+    // SQLite writes a restarted WAL's header before any of its frames: read it first.
+    if (!bytesEqual(readAtSync(wal, 0, WAL_HEADER_SIZE, scratch), sh.headerBytes)) return -1;
+    const scan = scanFile(wal, sh.size, walSize, sh.header, sh.checksum, scratch);
+    if (scan.end <= sh.size) return 0;
+    const n = scan.end - sh.size;
+    using out = Deno.openSync(this.path(this.#generation!, sh.index), { write: true });
+    out.seekSync(sh.size, Deno.SeekMode.Start);
+    const keptBytes = scan.data?.reduce((a, b) => a + b.length, 0) ?? 0;
+    if (scan.data && keptBytes >= n) {
+      let left = n;
+      for (const part of scan.data) {
+        if (left <= 0) break;
+        writeAllSync(out, part.subarray(0, Math.min(left, part.length)));
+        left -= part.length;
+      }
+    } else {
+      for (let off = sh.size; off < scan.end; off += SCAN_CHUNK) {
+        scratch.reset();
+        const len = Math.min(SCAN_CHUNK, scan.end - off);
+        writeAllSync(out, readAtSync(wal, off, len, scratch));
+      }
+    }
+    sh.size = scan.end;
+    sh.checksum = scan.checksum;
+    this.#bytes += n;
+    return n;
+  }
+
+  /** Makes the current file's appended frames durable. */
+  async flush(): Promise<void> {
+    if (!this.#generation || !this.#state) return;
+    using f = await Deno.open(this.path(this.#generation, this.#state.index), { write: true });
+    await f.syncData();
+  }
+
+  /**
+   * True if the frame that ends the current file is still, byte for byte, in the WAL file
+   * (same place): the WAL was not overwritten since we copied it.
+   */
+  lastFrameMatches(walPath: string): boolean {
+    const sh = this.#state!;
+    if (sh.size <= WAL_HEADER_SIZE) return true;
+    const fs = walFrameSize(sh.header.pageSize);
+    using w = Deno.openSync(walPath, { read: true });
+    using s = Deno.openSync(this.path(this.#generation!, sh.index), { read: true });
+    return bytesEqual(readAtSync(w, sh.size - fs, fs), readAtSync(s, sh.size - fs, fs));
+  }
+
+  end(generation: string, index: number): number {
+    const sh = this.#state;
+    if (generation === this.#generation && sh && index === sh.index) return sh.size;
+    if (generation !== this.#generation || !sh || index > sh.index) {
+      throw new Deno.errors.NotFound(`No shadow WAL ${generation}/${formatShadowWalName(index)}`);
+    }
+    return Deno.statSync(this.path(generation, index)).size;
+  }
+
+  read(generation: string, index: number, offset: number, scratch?: Scratch): Uint8Array {
+    const end = this.end(generation, index);
+    if (offset >= end) return new Uint8Array(0);
+    using f = Deno.openSync(this.path(generation, index), { read: true });
+    return readAtSync(f, offset, end - offset, scratch);
+  }
+
+  reader(generation: string, index: number, offset: number, end: number) {
+    const path = this.path(generation, index);
+    let off = offset;
+    return (buf: Uint8Array): number => {
+      const want = Math.min(buf.length, end - off);
+      if (want <= 0) return 0;
+      using file = Deno.openSync(path, { read: true }); // one open per call (4 MiB blocks)
+      const n = readIntoSync(file, off, buf.subarray(0, want));
+      if (n < want) throw new Error(`Shadow WAL "${path}" ended early at ${off + n}`);
+      off += n;
+      return n;
+    };
+  }
+
+  /** Removes the current generation's files below index `keepFrom`. */
+  async clean(keepFrom: number): Promise<void> {
+    const gen = this.#generation;
+    if (!gen) return;
+    const dir = this.#walDir(gen);
+    for await (const e of Deno.readDir(dir)) {
+      const i = parseShadowWalName(e.name);
+      if (i === undefined || i >= keepFrom) continue;
+      const path = `${dir}/${e.name}`;
+      try {
+        const size = Deno.statSync(path).size;
+        await Deno.remove(path);
+        this.#bytes -= size;
+      } catch { /* gone already */ }
+    }
+  }
+}
+
+/** True if both byte arrays hold the same bytes. */
+export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/**
+ * Scans frames of `file` from `start` (a frame boundary) to `size`, returning the end of the
+ * last valid commit and the checksum there. Reads grow from 16 frames (after a WAL restart
+ * the file keeps its old size, so most of it is stale and never needs reading). With
+ * `scratch`, reads land in it and the bytes read are returned too while they stay under
+ * 8 MiB, to copy without re-reading.
+ */
+function scanFile(
+  file: Deno.FsFile,
+  start: number,
+  size: number,
+  header: WalHeader,
+  seed: readonly [number, number],
+  scratch?: Scratch,
+): { end: number; checksum: [number, number]; data?: Uint8Array[] } {
+  const fs = walFrameSize(header.pageSize);
+  const maxChunk = Math.max(1, Math.floor(SCAN_CHUNK / fs)) * fs;
+  let chunk = Math.min(16 * fs, maxChunk);
+  let off = start;
+  let sum: [number, number] = [seed[0], seed[1]];
+  let end = start;
+  let endSum: [number, number] = [seed[0], seed[1]];
+  let data: Uint8Array[] | undefined = scratch ? [] : undefined;
+  let kept = 0;
+  const limit = frameAlign(size, header.pageSize);
+  while (off + fs <= limit) {
+    if (scratch && !data) scratch.reset(); // no longer keeping: reuse the memory
+    const buf = readAtSync(file, off, Math.min(chunk, limit - off), scratch);
+    const usable = buf.subarray(0, Math.floor(buf.length / fs) * fs);
+    if (usable.length === 0) break;
+    if (data) {
+      kept += usable.length;
+      if (kept <= SCAN_CHUNK) data.push(usable);
+      else data = undefined;
+    }
+    const r = scanWalFrames(usable, header, sum);
+    if (r.committedBytes > 0) {
+      end = off + r.committedBytes;
+      endSum = r.committedChecksum;
+    }
+    if (r.stop !== "end") break;
+    sum = r.checksum;
+    off += usable.length;
+    chunk = Math.min(chunk * 4, maxChunk);
+  }
+  return { end, checksum: endSum, data };
+}
