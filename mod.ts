@@ -24,7 +24,8 @@
  * @module
  */
 export { Db, type DbOptions } from "./src/db.ts";
-export { Replica, type ReplicaOptions } from "./src/replica.ts";
+export { Replica, type ReplicaOptions, type ReplicaSource } from "./src/replica.ts";
+export type { ShadowWalReader } from "./src/shadow_wal.ts";
 export type {
   Body,
   CallOptions,

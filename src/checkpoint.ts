@@ -233,10 +233,10 @@ export class Checkpointer {
         // of the application restarts the WAL.
         handOver();
       } else if (!restarted && ((!complete && mode !== "PASSIVE") || options.exact)) {
+        complete = false; // with `exact`, only a backfill under the lock counts
         if (await this.lockWrites(this.#busyTimeoutMs)) {
           try {
             // The tail: no writer can add to it now.
-            complete = false;
             if (handOver()) {
               at = options.position();
               result = this.#c.ckpt.checkpoint("PASSIVE");

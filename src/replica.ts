@@ -57,9 +57,26 @@ export interface ReplicaOptions {
   logger?: Logger;
 }
 
+/**
+ * What a {@linkcode Replica} needs of its database ({@linkcode Db} provides it): the shadow
+ * WAL to read, wake-ups when it grows, and the snapshot and checksum points.
+ */
+export type ReplicaSource = Pick<
+  Db,
+  | "path"
+  | "shadow"
+  | "pos"
+  | "subscribe"
+  | "unsubscribe"
+  | "setReplicaPos"
+  | "requestNewGeneration"
+  | "snapshot"
+  | "checksum"
+>;
+
 /** Ships one database to one replica client. */
 export class Replica implements AsyncDisposable {
-  readonly db: Db;
+  readonly db: ReplicaSource;
   readonly client: ReplicaClient;
   readonly name: string;
   readonly syncIntervalMs: number;
@@ -79,7 +96,7 @@ export class Replica implements AsyncDisposable {
   #wake?: Wakeup;
   #scratch = new Scratch(4 << 20); // shadow bytes of one segment, never held across an await
 
-  constructor(db: Db, client: ReplicaClient, options: ReplicaOptions = {}) {
+  constructor(db: ReplicaSource, client: ReplicaClient, options: ReplicaOptions = {}) {
     this.db = db;
     this.client = client;
     this.name = options.name ?? client.type;
