@@ -250,15 +250,17 @@ export class Checkpointer {
       }
       let truncated = false;
       if (complete && !restarted && mode === "TRUNCATE") truncated = this.#truncate();
-      const m = this.#metrics;
-      m.checkpointCount[mode] = (m.checkpointCount[mode] ?? 0) + 1;
-      m.checkpointSeconds[mode] = (m.checkpointSeconds[mode] ?? 0) +
-        (performance.now() - t0) / 1000;
       return { copied, complete: complete && !restarted, at, result, truncated, restarted };
     } catch (err) {
       const m = this.#metrics;
       m.checkpointErrors[mode] = (m.checkpointErrors[mode] ?? 0) + 1;
       throw err;
+    } finally {
+      // Failed ones too, as v0.3.13 counts them.
+      const m = this.#metrics;
+      m.checkpointCount[mode] = (m.checkpointCount[mode] ?? 0) + 1;
+      m.checkpointSeconds[mode] = (m.checkpointSeconds[mode] ?? 0) +
+        (performance.now() - t0) / 1000;
     }
   }
 

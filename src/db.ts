@@ -184,11 +184,15 @@ export class Db implements AsyncDisposable {
     try {
       await this.sync();
     } catch (err) {
-      // A database that is not SQLite, or cannot be put in WAL mode, is a hard error.
+      // A database that is not SQLite, cannot be put in WAL mode, or that we may not write
+      // (Deno's permissions or the file system's) is a hard error: retrying cannot fix it.
       if (
         err instanceof SyntaxError || err instanceof RangeError ||
         err instanceof Deno.errors.NotFound
       ) throw err;
+      if (isPermissionError(err)) {
+        throw new Error(`Cannot replicate "${this.path}"`, { cause: err });
+      }
       this.log.error("sync failed", { error: describeError(err) });
     }
     if (this.monitorIntervalMs > 0) this.#monitorDone = this.#monitor(this.#abort.signal);
@@ -280,7 +284,6 @@ export class Db implements AsyncDisposable {
         await this.#cleanShadow();
       }
       this.#walSeen = seen;
-      this.metrics.syncCount++;
       this.metrics.walSize = wal.size;
       this.metrics.dbSize = this.#dbFile?.statSync().size ?? 0;
       this.metrics.shadowWalIndex = shadow.index ?? 0;
@@ -289,6 +292,7 @@ export class Db implements AsyncDisposable {
       this.metrics.syncErrorCount++;
       throw err;
     } finally {
+      this.metrics.syncCount++; // failed ones too, as v0.3.13 counts them
       this.metrics.syncSeconds += (performance.now() - t0) / 1000;
     }
   }
@@ -630,6 +634,16 @@ export class Db implements AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
+}
+
+/** True for a missing Deno permission or a file-system permission error, anywhere in the cause chain. */
+function isPermissionError(err: unknown): boolean {
+  for (let e = err; e instanceof Error; e = e.cause) {
+    if (e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied) {
+      return true;
+    }
+  }
+  return false;
 }
 
 function statOrUndefined(path: string): Deno.FileInfo | undefined {

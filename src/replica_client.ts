@@ -5,6 +5,7 @@
  * @module
  */
 import type { Pos } from "./pos.ts";
+import type { ReplicaOperationMetrics } from "./metrics.ts";
 import { concat } from "./internal/bytes.ts";
 
 /** Options accepted by every {@linkcode ReplicaClient} call. */
@@ -43,6 +44,8 @@ export interface ReplicaClient {
   readonly type: string;
   /** Where the replica lives, for messages (never includes credentials). */
   readonly location: string;
+  /** Request counters (`litestream_replica_operation_*`) of a remote backend; none for files. */
+  readonly operations?: ReplicaOperationMetrics;
   /** Lists generation names (16 hex characters), sorted. Others are ignored. */
   generations(options?: CallOptions): Promise<string[]>;
   /** Lists the snapshots of a generation, in no particular order. */

@@ -44,11 +44,16 @@ export class Store implements AsyncDisposable {
     }
   }
 
-  /** Prometheus text for all databases and replicas. */
+  /**
+   * Prometheus text for all databases and replicas, and for the requests their clients
+   * made (summed per client type, as v0.3.13's process-wide counters are).
+   */
   metricsText(): string {
+    const replicas = this.dbs.flatMap((d) => d.replicas);
     return formatMetrics(
       this.dbs.map((d) => d.db.metrics),
-      this.dbs.flatMap((d) => d.replicas.map((r) => r.metrics)),
+      replicas.map((r) => r.metrics),
+      replicas.flatMap((r) => r.client.operations ?? []),
     );
   }
 
@@ -123,3 +128,4 @@ async function build(dc: DbConfig, log: Logger): Promise<{ db: Db; replicas: Rep
   }
   return { db, replicas };
 }
+

@@ -45,6 +45,8 @@ interface RunOptions {
   cwd: string;
   /** Variables added to {@linkcode baseEnv}. */
   env?: Record<string, string>;
+  /** Deno permission flags instead of those of the task `args[0]` belongs to. */
+  permissions?: string[];
 }
 
 /** What a finished CLI process left behind. */
@@ -58,7 +60,7 @@ interface Result {
 
 /** Spawns `main.ts <args>` with the permissions of the task `args[0]` belongs to. */
 function spawn(args: string[], options: RunOptions): Deno.ChildProcess {
-  const perms = PERMISSIONS[args[0]] ?? PERMISSIONS.other;
+  const perms = options.permissions ?? PERMISSIONS[args[0]] ?? PERMISSIONS.other;
   return new Deno.Command(Deno.execPath(), {
     args: ["run", ...perms, MAIN, ...args],
     cwd: options.cwd,
@@ -345,6 +347,21 @@ Deno.test("replicate exits 1 and says why when the database cannot be put in WAL
     timeoutMs: 6_000,
   });
   assertOneLineError(r, 1, db, "WAL");
+  assert.deepEqual(await tree(dir), before, "replicate wrote or changed files");
+});
+
+Deno.test("replicate exits 1 with one line when it may not write the database, instead of retrying", async () => {
+  await using tmp = await tempDir();
+  const dir = tmp.path;
+  await sqliteAsync(`${dir}/app.db`, "CREATE TABLE t (v); INSERT INTO t VALUES (1);");
+  const before = await tree(dir);
+  // Write access to the replica only: Deno refuses the database and its shadow WAL.
+  const r = await run(["replicate", "app.db", `file://${dir}/replica`], {
+    cwd: dir,
+    timeoutMs: 10_000,
+    permissions: ["--allow-read", `--allow-write=${dir}/replica`, "--allow-env"],
+  });
+  assertOneLineError(r, 1, `${dir}/app.db`, "--allow-write");
   assert.deepEqual(await tree(dir), before, "replicate wrote or changed files");
 });
 

@@ -1,5 +1,5 @@
 /**
- * `deno task bench [--quick] [--only=1,2,3,6] [--keep]`: runs our CLI and the real
+ * `deno task bench [--quick] [--only=1,2,3,6,7] [--keep]`: runs our CLI and the real
  * Litestream v0.3.13 on the same workloads in the same run, and prints one table with both
  * and the ratio (ours / v0.3.13). The table also goes to `.bench/results.md`.
  *
@@ -10,7 +10,8 @@
  * 3. restore throughput on a large database (cached in `.bench/`), plus `cp` as the limit;
  * 4. snapshot throughput: replicator start to snapshot file complete;
  * 5. CPU seconds and peak RSS of each replicator process during workloads 1 and 4;
- * 6. S3 requests per hour, idle and at 10 commits/s, counted by a proxy in front of moto.
+ * 6. S3 requests per hour, idle and at 10 commits/s, counted by a proxy in front of moto;
+ * 7. a writer without a busy timeout: failed commits, and our write-lock metrics (lock.ts).
  *
  * Timings are printed, never asserted.
  *
@@ -27,6 +28,7 @@ import {
   toolArgv,
   TOOLS,
   type ToolSet,
+  waitReady,
 } from "./tools.ts";
 import {
   bigDb,
@@ -39,6 +41,16 @@ import {
 } from "./sqlite.ts";
 import { listReplica, MarkerWatcher, newestSegmentsHold } from "./replica_watch.ts";
 import { runS3Workload, s3Unavailable } from "./s3.ts";
+import {
+  freePort,
+  lockDelta,
+  type LockFigures,
+  type LockToolResult,
+  runLockWorkload,
+  scrapeWriteLock,
+  waitMetrics,
+  writeReplicateConfig,
+} from "./lock.ts";
 import {
   clkTck,
   fmt,
@@ -69,13 +81,19 @@ interface Settings {
   s3IdleSeconds: number;
   s3LoadSeconds: number;
   s3CommitsPerSecond: number;
+  /** Workload 7, A: single-row commits. */
+  lockSingles: number;
+  /** Workload 7, B: rounds of one bulk INSERT of `lockBulkRows` rows and `lockRoundSingles` single rows. */
+  lockRounds: number;
+  lockBulkRows: number;
+  lockRoundSingles: number;
   /** Workload numbers to run. */
   only: Set<number>;
   /** Keep the temporary directory. */
   keep: boolean;
 }
 
-const USAGE = `Usage: deno task bench [--quick] [--only=1,2,3,4,5,6] [--keep]
+const USAGE = `Usage: deno task bench [--quick] [--only=1,2,3,4,5,6,7] [--keep]
 
   --quick   32 MiB database, fewer commits, 10 s S3 windows: a fast check
   --only    run only these workloads (3 and 4 run together; 5 comes with 1 and 4)
@@ -84,13 +102,13 @@ const USAGE = `Usage: deno task bench [--quick] [--only=1,2,3,4,5,6] [--keep]
 
 function parseSettings(args: string[]): Settings {
   let quick = false, keep = false;
-  let only = new Set([1, 2, 3, 4, 5, 6]);
+  let only = new Set([1, 2, 3, 4, 5, 6, 7]);
   for (const a of args) {
     if (a === "--quick") quick = true;
     else if (a === "--keep") keep = true;
     else if (a.startsWith("--only=")) {
       only = new Set(a.slice(7).split(",").map((x) => Number(x.trim())));
-      if ([...only].some((n) => !(n >= 1 && n <= 6))) throw new RangeError(`Bad ${a}\n${USAGE}`);
+      if ([...only].some((n) => !(n >= 1 && n <= 7))) throw new RangeError(`Bad ${a}\n${USAGE}`);
     } else if (a === "--help" || a === "-h") {
       print(USAGE);
       Deno.exit(0);
@@ -109,6 +127,11 @@ function parseSettings(args: string[]): Settings {
     s3IdleSeconds: quick ? 10 : 60,
     s3LoadSeconds: quick ? 10 : 60,
     s3CommitsPerSecond: 10,
+    // The workloads of the issue; they take seconds, so --quick keeps them.
+    lockSingles: 2000,
+    lockRounds: 3,
+    lockBulkRows: 5000,
+    lockRoundSingles: 300,
   };
 }
 
@@ -170,23 +193,6 @@ interface Ctx {
   report: Report;
 }
 
-/** Waits until `rep` wrote its first snapshot and WAL segment; returns ms from spawn to snapshot. */
-async function waitReady(rep: Replicator, replica: string, timeoutMs = 180_000): Promise<number> {
-  let snapshotAt: number | undefined;
-  await waitUntil(
-    async () => {
-      if (!rep.running) throw new Error(`${rep.tool} replicate exited:\n${rep.logTail()}`);
-      const files = await listReplica(replica);
-      if (files.snapshots.length > 0) snapshotAt ??= performance.now();
-      return files.snapshots.length > 0 && files.segments.length > 0;
-    },
-    `${rep.tool}'s initial snapshot in ${replica}`,
-    timeoutMs,
-    10,
-  );
-  return snapshotAt! - rep.startedAt;
-}
-
 /**
  * Runs `sync` so dirty pages of earlier phases are not written back (and fsyncs not
  * slowed) during the next timed section.
@@ -220,7 +226,14 @@ async function writerWorkload(ctx: Ctx): Promise<void> {
   const bareTimes = await bare("bare1");
   const with_: Record<
     string,
-    { times: number[]; cpu: number; rss: number; catchUpMs: number; segments: number }
+    {
+      times: number[];
+      cpu: number;
+      rss: number;
+      catchUpMs: number;
+      segments: number;
+      lock?: LockFigures;
+    }
   > = {};
   for (const tool of TOOLS) {
     progress(`1: writer, ${batches} × ${n} commits, ${tool} replicating`);
@@ -229,11 +242,21 @@ async function writerWorkload(ctx: Ctx): Promise<void> {
     const db = `${dir}/db`;
     const replica = `${dir}/replica`;
     await createDb(db);
-    const rep = new Replicator(ctx.tools, tool, [db, `file://${replica}`], `${dir}/replicate.log`);
+    // A config rather than DB REPLICA_URL arguments, for `addr:` (our write-lock metrics).
+    const port = freePort();
+    await writeReplicateConfig(`${dir}/litestream.yml`, db, replica, port);
+    const rep = new Replicator(
+      ctx.tools,
+      tool,
+      ["-config", `${dir}/litestream.yml`],
+      `${dir}/replicate.log`,
+    );
     try {
       await waitReady(rep, replica);
+      await waitMetrics(rep, port);
       await sleep(500);
       const seg0 = (await listReplica(replica)).segments.length;
+      const lock0 = tool === "ours" ? await scrapeWriteLock(port) : undefined;
       const s0 = await rep.stats();
       const times = await runBatches(db);
       const tEnd = performance.now();
@@ -248,6 +271,7 @@ async function writerWorkload(ctx: Ctx): Promise<void> {
       );
       const catchUpMs = performance.now() - tEnd;
       const s1 = await rep.stats();
+      const lock1 = tool === "ours" ? await scrapeWriteLock(port) : undefined;
       const segments = (await listReplica(replica)).segments.length - seg0;
       with_[tool] = {
         times,
@@ -255,6 +279,7 @@ async function writerWorkload(ctx: Ctx): Promise<void> {
         rss: s1.peakRssMb,
         catchUpMs,
         segments,
+        lock: lockDelta(lock0, lock1),
       };
     } finally {
       await rep.stop();
@@ -273,6 +298,7 @@ async function writerWorkload(ctx: Ctx): Promise<void> {
   r.num(`replicator CPU during ${batches} × ${n} commits (s)`, o.cpu, t.cpu);
   r.num("replicator peak RSS, writer load (MiB)", o.rss, t.rss, 1);
   r.num(`WAL segment files written for ${batches} × ${n} commits`, o.segments, t.segments, 0);
+  lockRows(r, `${batches} × ${n} commits`, o.lock);
   r.notes.push(
     `Writer: one \`sqlite3\` process per batch fed ${n} single-row INSERTs (autocommit, ` +
       `\`.timeout 10000\`); median of ${batches} batch(es); bare is the median of ` +
@@ -285,6 +311,16 @@ async function writerWorkload(ctx: Ctx): Promise<void> {
       "replicator from the first commit until the replica held the last row; peak RSS is " +
       "VmHWM (since process start).",
   );
+}
+
+/**
+ * Adds the rows of our write-lock figures over a load; v0.3.13 has no such metric ("—"), and
+ * "n/a" means ours did not export it.
+ */
+function lockRows(r: Report, load: string, lock: LockFigures | undefined): void {
+  r.text(`write lock held by replicator, ${load}: longest (ms)`, fmt(lock?.maxMs, 2), "—");
+  r.text(`write lock held by replicator, ${load}: total (ms)`, fmt(lock?.totalMs, 1), "—");
+  r.text(`write lock held by replicator, ${load}: times`, fmt(lock?.count, 0), "—");
 }
 
 /** Workload 2: commit → restorable lag, seen from this process. */
@@ -526,6 +562,74 @@ async function s3Workload(ctx: Ctx): Promise<void> {
   );
 }
 
+/** Workload 7: a writer without a busy timeout, A and B (see lock.ts). */
+async function lockWorkload(ctx: Ctx): Promise<void> {
+  const s = ctx.settings;
+  const res = await runLockWorkload(ctx.tools, {
+    dir: ctx.tmp,
+    singles: s.lockSingles,
+    rounds: s.lockRounds,
+    bulkRows: s.lockBulkRows,
+    roundSingles: s.lockRoundSingles,
+  });
+  const r = ctx.report;
+  const o = res["ours"], t = res["v0.3.13"];
+  const failed = (metric: string, f: (x: LockToolResult) => [number, number]) => {
+    const [of, oTotal] = f(o), [tf, tTotal] = f(t);
+    r.text(metric, `${of} / ${oTotal}`, `${tf} / ${tTotal}`);
+  };
+  const a = `A: ${s.lockSingles} single-row commits`;
+  const b = `B: ${s.lockRounds} × (${s.lockBulkRows}-row INSERT + ${s.lockRoundSingles} rows)`;
+  failed(`no busy timeout, ${a}: failed`, (x) => [x.a.singlesFailed, x.a.singles]);
+  failed(`no busy timeout, B: failed single-row commits`, (x) => [x.b.singlesFailed, x.b.singles]);
+  failed(`no busy timeout, B: failed ${s.lockBulkRows}-row INSERTs`, (x) => [
+    x.b.bulksFailed,
+    x.b.bulks,
+  ]);
+  lockRows(r, "A", o.a.lock);
+  lockRows(r, "B", o.b.lock);
+  r.notes.push(
+    `No busy timeout: one \`sqlite3\` process (no \`.timeout\`, \`.bail off\`) fed one ` +
+      `statement per line, each its own autocommit transaction; ${a}; ${b}, the bulk rows ` +
+      "~140 bytes from INSERT … SELECT over a recursive CTE. Each on a fresh WAL database with " +
+      "its own replicator (one config file for both tools: default settings, a file replica, " +
+      "`addr:`), started once the first snapshot and WAL segment were on the replica. A failure " +
+      "is an error line of the CLI, classified by the line number it names; every count was " +
+      "checked against the rows in the table afterwards. Writer wall time A/B: ours " +
+      `${fmt(o.a.seconds, 3)}/${fmt(o.b.seconds, 3)} s, v0.3.13 ` +
+      `${fmt(t.a.seconds, 3)}/${fmt(t.b.seconds, 3)} s.`,
+  );
+  r.notes.push(
+    "Write lock: our `litestream_write_lock_count`, `…_seconds` (differences from the writer's " +
+      "start until the replica held a last row committed with a busy timeout) and " +
+      "`…_max_seconds` (longest hold since start-up; before the writer: " +
+      `A ${fmt(o.a.lockMaxBeforeMs, 2)} ms, B ${fmt(o.b.lockMaxBeforeMs, 2)} ms). ` +
+      "v0.3.13 has no such metric. Goal: longest hold ≤ 2 ms and no failed commit in A or B.",
+  );
+  for (const [tool, x] of Object.entries(res)) {
+    for (const [name, w] of [["A", x.a], ["B", x.b]] as const) {
+      if (!w.rowsMatch) {
+        r.notes.push(
+          `WARNING: ${tool}, ${name}: failure count disagrees with the table (${w.rowsNote}).`,
+        );
+      }
+      const failures = w.singlesFailed + w.bulksFailed;
+      if (w.lockedFailures < failures) {
+        r.notes.push(
+          `WARNING: ${tool}, ${name}: ${failures - w.lockedFailures} failure(s) other than ` +
+            `"database is locked", first: ${w.otherError}`,
+        );
+      }
+      if (tool === "ours" && failures > 0 && w.lock?.count === 0) {
+        r.notes.push(
+          `WARNING: ours, ${name}: ${failures} failed commits but litestream_write_lock_count ` +
+            "did not move: is the metric wired?",
+        );
+      }
+    }
+  }
+}
+
 async function main(args: string[]): Promise<number> {
   const settings = parseSettings(args);
   const started = performance.now();
@@ -571,6 +675,7 @@ async function main(args: string[]): Promise<number> {
       [[2], "lag", lagWorkload],
       [[3, 4, 5], "snapshot/restore", bigDbWorkload],
       [[6], "S3 requests", s3Workload],
+      [[7], "no busy timeout", lockWorkload],
     ];
     for (const [nums, name, fn] of workloads) {
       if (!nums.some((x) => settings.only.has(x))) continue;

@@ -5,7 +5,8 @@
  * @module
  */
 import { litestreamBin } from "../../tests/_oracle.ts";
-import { type ProcStats, procStats, sleep } from "./util.ts";
+import { listReplica } from "./replica_watch.ts";
+import { type ProcStats, procStats, sleep, waitUntil } from "./util.ts";
 
 /** Which implementation a run uses. */
 export type Tool = "ours" | "v0.3.13";
@@ -172,6 +173,30 @@ export class Replicator {
     this.#log.close();
     return await this.#child.status;
   }
+}
+
+/**
+ * Waits until `rep` wrote its first snapshot and WAL segment to the file replica `replica`;
+ * returns ms from spawn to the snapshot.
+ */
+export async function waitReady(
+  rep: Replicator,
+  replica: string,
+  timeoutMs = 180_000,
+): Promise<number> {
+  let snapshotAt: number | undefined;
+  await waitUntil(
+    async () => {
+      if (!rep.running) throw new Error(`${rep.tool} replicate exited:\n${rep.logTail()}`);
+      const files = await listReplica(replica);
+      if (files.snapshots.length > 0) snapshotAt ??= performance.now();
+      return files.snapshots.length > 0 && files.segments.length > 0;
+    },
+    `${rep.tool}'s initial snapshot in ${replica}`,
+    timeoutMs,
+    10,
+  );
+  return snapshotAt! - rep.startedAt;
 }
 
 /** Result of {@linkcode runTimed}. */

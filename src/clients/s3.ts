@@ -39,6 +39,7 @@ import {
   walSegmentKey,
   walSegmentsKey,
 } from "../layout.ts";
+import { ReplicaOperationMetrics } from "../metrics.ts";
 import { formatPos, type Pos } from "../pos.ts";
 import type {
   Body,
@@ -321,6 +322,11 @@ export class S3ReplicaClient implements ReplicaClient, AsyncDisposable {
   readonly endpoint?: string;
   readonly forcePathStyle: boolean;
   readonly skipVerify: boolean;
+  /**
+   * Successful GET, PUT, DELETE and LIST requests of this client and the bytes they moved,
+   * for `litestream_replica_operation_total` and `_bytes` (labelled `replica_type="s3"`).
+   */
+  readonly operations: ReplicaOperationMetrics = new ReplicaOperationMetrics("s3");
   #accessKeyId?: string;
   #secretAccessKey?: string;
   #client?: Promise<S3Client>;
@@ -627,6 +633,7 @@ export class S3ReplicaClient implements ReplicaClient, AsyncDisposable {
           { abortSignal: signal },
         );
         if (!out.Body) throw new Error("response has no body");
+        this.operations.record("GET", out.ContentLength ?? 0);
         return out.Body.transformToWebStream() as ReadableStream<Uint8Array>;
       } catch (err) {
         const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
@@ -658,6 +665,7 @@ export class S3ReplicaClient implements ReplicaClient, AsyncDisposable {
         }),
         { abortSignal: signal },
       );
+      this.operations.record("PUT", data.byteLength);
       return data.byteLength;
     }
 
@@ -691,6 +699,7 @@ export class S3ReplicaClient implements ReplicaClient, AsyncDisposable {
         abortController: abort,
       });
       await upload.done();
+      this.operations.record("PUT", size);
       return size;
     } catch (err) {
       // Release the caller's stream (and whatever file it reads) instead of leaving it locked.
@@ -724,6 +733,7 @@ export class S3ReplicaClient implements ReplicaClient, AsyncDisposable {
             `${first.Message ?? "no message"}${more}`,
         );
       }
+      this.operations.record("DELETE");
     }
   }
 
@@ -769,6 +779,7 @@ export class S3ReplicaClient implements ReplicaClient, AsyncDisposable {
         }),
         { abortSignal: signal },
       );
+      this.operations.record("LIST");
       yield page;
       token = page.IsTruncated ? page.NextContinuationToken : undefined;
     } while (token);
