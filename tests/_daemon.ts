@@ -384,3 +384,41 @@ export async function createLoadDb(w: Writer): Promise<void> {
 export async function rowCount(w: Writer): Promise<number> {
   return Number((await w.exec("SELECT count(*) FROM t"))[0]);
 }
+
+/**
+ * Starts `argv` (a program and its arguments) through `setsid`, in a new session and process
+ * group whose id is its pid, as a terminal starts a foreground job; {@linkcode signalGroup}
+ * then reaches every process of it, as Ctrl-C does. Dispose with {@linkcode killGroup}: the
+ * Daemon's own dispose only kills the leader.
+ */
+export function startInNewGroup(
+  name: string,
+  argv: string[],
+  options: { cwd?: string } = {},
+): Daemon {
+  // Daemon's constructor is private so that callers use its factories; this is one more.
+  const make = Daemon as unknown as new (name: string, cmd: Deno.Command) => Daemon;
+  return new make(
+    name,
+    new Deno.Command("setsid", {
+      args: argv,
+      cwd: options.cwd,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }),
+  );
+}
+
+/** Sends `signal` to every process of the group led by `daemon` ({@linkcode startInNewGroup}). */
+export function signalGroup(daemon: Daemon, signal: Deno.Signal): void {
+  Deno.kill(-daemon.child.pid, signal); // a negative pid names a process group
+}
+
+/** SIGKILLs the group led by `daemon` if any of it may still run; never throws. */
+export async function killGroup(daemon: Daemon): Promise<void> {
+  try {
+    signalGroup(daemon, "SIGKILL");
+  } catch { /* the group is gone */ }
+  await daemon.stop("SIGKILL").catch(() => {});
+}

@@ -98,93 +98,171 @@ export async function run(args: string[], baseLog: Logger): Promise<number> {
     }
   }
 
+  // A bad metrics address is a usage error: report it before opening anything.
+  const listen = config.addr ? parseAddr(config.addr) : undefined;
+
   // Listen before opening anything: a signal during startup (the first sync can take a
   // while) must still end in a final sync and exit 0, as in v0.3.13, not in the default kill.
-  const stop = Promise.withResolvers<{ signal?: Deno.Signal; childCode?: number }>();
-  const handlers: [Deno.Signal, () => void][] = [];
-  for (const sig of ["SIGINT", "SIGTERM"] as Deno.Signal[]) {
-    const h = () => stop.resolve({ signal: sig });
-    Deno.addSignalListener(sig, h);
-    handlers.push([sig, h]);
-  }
-  const removeHandlers = () => {
-    for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
-  };
-
-  let store: Store;
-  try {
-    store = await Store.fromConfig(config, log);
-    await store.open();
-  } catch (err) {
-    removeHandlers();
-    throw err;
-  }
+  using signals = new StopSignals(log);
+  const store = await Store.fromConfig(config, log);
+  await store.open();
 
   const ac = new AbortController();
   let server: Deno.HttpServer | undefined;
-  if (config.addr) {
-    const m = /^(.*):(\d+)$/.exec(config.addr);
-    if (!m) throw new UsageError(`Invalid addr "${config.addr}": must be HOST:PORT`);
-    server = Deno.serve({
-      hostname: m[1] || "0.0.0.0",
-      port: Number(m[2]),
-      signal: ac.signal,
-      onListen: ({ hostname, port }) =>
-        log.info("serving metrics", { addr: `${hostname}:${port}` }),
-    }, (req) => {
-      const url = new URL(req.url);
-      if (url.pathname === "/metrics") {
-        return new Response(store.metricsText(), {
-          headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
-        });
-      }
-      return new Response("not found\n", { status: 404 });
-    });
-  }
-
   let child: Deno.ChildProcess | undefined;
-  if (execArgv) {
-    try {
-      child = new Deno.Command(execArgv[0], {
-        args: execArgv.slice(1),
-        stdin: "null",
-        stdout: "inherit",
-        stderr: "inherit",
-      }).spawn();
-    } catch (err) {
-      removeHandlers();
-      ac.abort();
-      await server?.finished;
-      await store.close().catch((e) => log.error("close failed", { error: describeError(e) }));
-      throw new Error(`Cannot run -exec command "${execArgv[0]}"`, { cause: err });
+  let childStatus: Deno.CommandStatus | undefined;
+  try {
+    if (listen) {
+      server = Deno.serve({
+        ...listen,
+        signal: ac.signal,
+        onListen: ({ hostname, port }) =>
+          log.info("serving metrics", { addr: `${hostname}:${port}` }),
+      }, (req) => {
+        const url = new URL(req.url);
+        if (url.pathname === "/metrics") {
+          return new Response(store.metricsText(), {
+            headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
+          });
+        }
+        return new Response("not found\n", { status: 404 });
+      });
     }
-  }
-
-  // Wait for a signal or for the child to exit.
-  child?.status.then((s) => stop.resolve({ childCode: s.code }));
-  const why = await stop.promise;
-  removeHandlers();
-
-  let code = 0;
-  if (why.signal) {
-    log.info("signal received, litestream shutting down", { signal: why.signal });
-    if (child) {
+    // A signal received during startup already began the shutdown: no child to start.
+    if (execArgv && !signals.received) {
       try {
-        child.kill(why.signal);
-      } catch { /* already gone */ }
-      await child.status;
+        child = new Deno.Command(execArgv[0], {
+          args: execArgv.slice(1),
+          stdin: "null",
+          stdout: "inherit",
+          stderr: "inherit",
+        }).spawn();
+      } catch (err) {
+        throw new Error(`Cannot run -exec command "${execArgv[0]}"`, { cause: err });
+      }
     }
-  } else {
-    log.info("subprocess exited, litestream shutting down", { code: why.childCode });
-    if (why.childCode !== 0) code = 1;
+
+    // Wait for a signal or for the child to exit.
+    const first = await Promise.race([
+      signals.first.then((signal) => ({ signal, status: undefined })),
+      ...(child ? [child.status.then((status) => ({ signal: undefined, status }))] : []),
+    ]);
+    if (first.signal) {
+      // Forward the signal, as v0.3.13 does, and let the child finish first.
+      if (child) {
+        try {
+          child.kill(first.signal);
+        } catch { /* already gone */ }
+        childStatus = await child.status;
+      }
+    } else {
+      signals.shutdown();
+      childStatus = first.status;
+      const { code, signal } = childStatus;
+      log.info("subprocess exited, litestream shutting down", signal ? { code, signal } : { code });
+    }
+  } catch (err) {
+    ac.abort();
+    await server?.finished;
+    await store.close().catch((e) => log.error("close failed", { error: describeError(e) }));
+    throw err;
   }
   ac.abort();
   await server?.finished;
   await store.close();
   log.info("litestream shut down");
-  if (code !== 0) {
-    // After the final sync, so the exit code is the only thing the child's failure changes.
-    throw new Error(`-exec command "${execLine}" exited with code ${why.childCode}`);
+  // Decided after the final sync, so that a signal of the same Ctrl-C as the child's has
+  // arrived by now, and so that the exit code is the only thing a child's failure changes.
+  if (childStatus && !childSucceeded(childStatus, signals.received)) {
+    const how = childStatus.signal
+      ? `was killed by ${childStatus.signal}`
+      : `exited with code ${childStatus.code}`;
+    throw new Error(`-exec command "${execLine}" ${how}`);
   }
-  return code;
+  return 0;
+}
+
+/** Splits `HOST:PORT` of the `addr` setting into `Deno.serve` options; empty host = all. */
+function parseAddr(addr: string): { hostname: string; port: number } {
+  const m = /^(.*):(\d+)$/.exec(addr);
+  if (!m) throw new UsageError(`Invalid addr "${addr}": must be HOST:PORT`);
+  return { hostname: m[1] || "0.0.0.0", port: Number(m[2]) };
+}
+
+/** The signals that stop `replicate`. */
+const STOP_SIGNALS: readonly Deno.Signal[] = ["SIGINT", "SIGTERM"];
+
+/** Exit codes of a shell-like child that a stop signal ended: 128 + SIGINT, 128 + SIGTERM. */
+const STOPPED_CODES: readonly number[] = [130, 143];
+
+/**
+ * Whether the `-exec` child ended well: exit code 0, or ended by SIGINT or SIGTERM (killed,
+ * or exit code 130 or 143 as shells report it) when we received a stop signal too. That
+ * signal is either ours, forwarded to it, or the same Ctrl-C reaching its process group.
+ */
+function childSucceeded(status: Deno.CommandStatus, signalled: boolean): boolean {
+  if (status.code === 0) return true;
+  const stopped = (status.signal !== null && STOP_SIGNALS.includes(status.signal)) ||
+    (status.signal === null && STOPPED_CODES.includes(status.code));
+  return signalled && stopped;
+}
+
+/**
+ * Catches SIGINT and SIGTERM from construction until disposal, so that none of them ends
+ * the process with its default action. The first one begins the shutdown
+ * ({@linkcode StopSignals.first} resolves); later ones are only logged.
+ *
+ * Later ones are common: one Ctrl-C reaches us from the terminal and again from every task
+ * runner in between (`npx`, `deno task`) that forwards it, and SIGTERM may follow SIGINT.
+ * Their default action would kill the process in the middle of the final sync.
+ */
+class StopSignals implements Disposable {
+  readonly #log: Logger;
+  readonly #first = Promise.withResolvers<Deno.Signal>();
+  readonly #listeners: [Deno.Signal, () => void][] = [];
+  #received = 0;
+  #shuttingDown = false;
+
+  constructor(log: Logger) {
+    this.#log = log;
+    for (const signal of STOP_SIGNALS) {
+      const listener = () => this.#receive(signal);
+      Deno.addSignalListener(signal, listener);
+      this.#listeners.push([signal, listener]);
+    }
+  }
+
+  /** Resolves with the first signal, unless {@linkcode shutdown} was called before it. */
+  get first(): Promise<Deno.Signal> {
+    return this.#first.promise;
+  }
+
+  /** Whether any stop signal arrived. */
+  get received(): boolean {
+    return this.#received > 0;
+  }
+
+  /** Records that the shutdown began for another reason: signals are only logged from now. */
+  shutdown(): void {
+    this.#shuttingDown = true;
+  }
+
+  #receive(signal: Deno.Signal): void {
+    this.#received++;
+    if (!this.#shuttingDown) {
+      this.#shuttingDown = true;
+      this.#log.info("signal received, litestream shutting down", { signal });
+      this.#first.resolve(signal);
+    } else if (this.#received > 1) {
+      this.#log.info("signal received again, still shutting down", { signal });
+    } else {
+      this.#log.info("signal received, already shutting down", { signal });
+    }
+  }
+
+  [Symbol.dispose](): void {
+    for (const [signal, listener] of this.#listeners) {
+      Deno.removeSignalListener(signal, listener);
+    }
+  }
 }
