@@ -55,61 +55,86 @@ export async function sqliteAsync(db: string, sql: string): Promise<string> {
 
 /**
  * The application: one long-lived `sqlite3` process holding its connection open, running
- * statements one at a time (each call waits until the CLI finished it).
+ * statements one at a time (each call waits until the CLI finished it). No `-bail`: a
+ * failed statement is reported on stderr (kept, see {@linkcode Writer.stderr}) and the next
+ * one runs, as in an application that logs the error and carries on. Its busy timeout is 0
+ * until a script sets one (`.timeout 5000`).
  */
 export class Writer implements AsyncDisposable {
   readonly #child: Deno.ChildProcess;
   readonly #stdin: WritableStreamDefaultWriter<Uint8Array>;
   readonly #lines: AsyncIterator<string>;
+  readonly #stderrDone: Promise<void>;
+  #stderr = "";
   #seq = 0;
-  #buf = "";
 
   constructor(db: string) {
-    this.#child = new Deno.Command("sqlite3", {
+    const child = new Deno.Command("sqlite3", {
       args: [db],
       stdin: "piped",
       stdout: "piped",
       stderr: "piped",
     }).spawn();
-    this.#stdin = this.#child.stdin.getWriter();
+    this.#child = child;
+    this.#stdin = child.stdin.getWriter();
     this.#lines = this.#readLines();
+    this.#stderrDone = (async () => {
+      for await (const s of child.stderr.pipeThrough(new TextDecoderStream())) {
+        this.#stderr += s;
+      }
+    })();
   }
 
   async *#readLines(): AsyncGenerator<string> {
+    let buf = "";
     for await (const chunk of this.#child.stdout.pipeThrough(new TextDecoderStream())) {
-      this.#buf += chunk;
+      buf += chunk;
       let i: number;
-      while ((i = this.#buf.indexOf("\n")) >= 0) {
-        yield this.#buf.slice(0, i);
-        this.#buf = this.#buf.slice(i + 1);
+      while ((i = buf.indexOf("\n")) >= 0) {
+        yield buf.slice(0, i);
+        buf = buf.slice(i + 1);
       }
     }
   }
 
-  /** Runs `sql` in the writer process and returns its output lines. */
-  async exec(sql: string): Promise<string[]> {
+  /** What the process printed on stderr so far. */
+  get stderr(): string {
+    return this.#stderr;
+  }
+
+  /** Runs one SQL statement (a missing `;` is added) and returns its output lines. */
+  exec(sql: string): Promise<string[]> {
+    return this.run(sql.trim().replace(/;?$/, ";"));
+  }
+
+  /** Sends `script` (statements and dot-commands) and returns its stdout lines once it ran. */
+  async run(script: string): Promise<string[]> {
     const mark = `@@done-${++this.#seq}`;
-    await this.#stdin.write(enc.encode(`${sql.trim().replace(/;?$/, ";")}\n.print ${mark}\n`));
+    await this.#stdin.write(enc.encode(`${script}\n.print ${mark}\n`));
     const out: string[] = [];
     for (;;) {
       const r = await this.#lines.next();
-      if (r.done) throw new Error(`sqlite3 writer exited while running: ${sql}`);
+      if (r.done) {
+        throw new Error(`sqlite3 exited while running: ${script.slice(0, 200)}\n${this.#stderr}`);
+      }
       if (r.value === mark) return out;
       out.push(r.value);
     }
   }
 
-  async close(): Promise<void> {
+  /** Ends the process and returns everything it printed on stderr. */
+  async close(): Promise<string> {
     try {
       await this.#stdin.close();
     } catch { /* closed */ }
     await this.#child.status;
-    await this.#child.stderr.cancel().catch(() => {});
     await this.#lines.return?.(undefined);
+    await this.#stderrDone;
+    return this.#stderr;
   }
 
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.close();
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
   }
 }
 

@@ -6,90 +6,9 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { blobs, dump, integrity, openTestDb, sqliteAsync, tempDir } from "./_helpers.ts";
+import { blobs, dump, integrity, openTestDb, sqliteAsync, tempDir, Writer } from "./_helpers.ts";
 import { restore } from "../src/restore.ts";
 import { Logger, memorySink } from "../src/log.ts";
-
-const enc = new TextEncoder();
-
-/**
- * A long-lived `sqlite3` process (no `-bail`: a failed statement is reported on stderr and
- * the next one runs, as in an application that logs the error and carries on). Unlike the
- * helpers' Writer it keeps what the process prints on stderr.
- */
-class Sqlite3 implements AsyncDisposable {
-  readonly #child: Deno.ChildProcess;
-  readonly #stdin: WritableStreamDefaultWriter<Uint8Array>;
-  readonly #lines: AsyncIterator<string>;
-  readonly #stderrDone: Promise<void>;
-  #stderr = "";
-  #seq = 0;
-
-  /** Starts `sqlite3 db` (busy timeout 0 until a script sets one, e.g. `.timeout 5000`). */
-  constructor(db: string) {
-    const child = new Deno.Command("sqlite3", {
-      args: [db],
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    this.#child = child;
-    this.#stdin = child.stdin.getWriter();
-    this.#lines = this.#readLines();
-    this.#stderrDone = (async () => {
-      for await (const s of child.stderr.pipeThrough(new TextDecoderStream())) {
-        this.#stderr += s;
-      }
-    })();
-  }
-
-  async *#readLines(): AsyncGenerator<string> {
-    let buf = "";
-    for await (const chunk of this.#child.stdout.pipeThrough(new TextDecoderStream())) {
-      buf += chunk;
-      let i: number;
-      while ((i = buf.indexOf("\n")) >= 0) {
-        yield buf.slice(0, i);
-        buf = buf.slice(i + 1);
-      }
-    }
-  }
-
-  /** What the process printed on stderr so far. */
-  get stderr(): string {
-    return this.#stderr;
-  }
-
-  /** Sends `script` (statements and dot-commands) and returns its stdout lines once it ran. */
-  async run(script: string): Promise<string[]> {
-    const mark = `@@done-${++this.#seq}`;
-    await this.#stdin.write(enc.encode(`${script}\n.print ${mark}\n`));
-    const out: string[] = [];
-    for (;;) {
-      const r = await this.#lines.next();
-      if (r.done) {
-        throw new Error(`sqlite3 exited while running a script; stderr:\n${this.#stderr}`);
-      }
-      if (r.value === mark) return out;
-      out.push(r.value);
-    }
-  }
-
-  /** Ends the process and returns everything it printed on stderr. */
-  async close(): Promise<string> {
-    try {
-      await this.#stdin.close();
-    } catch { /* closed */ }
-    await this.#child.status;
-    await this.#lines.return?.(undefined);
-    await this.#stderrDone;
-    return this.#stderr;
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    await this.close();
-  }
-}
 
 /** `n` single-row INSERT statements, each its own transaction, tagged `tag-<first+i>`. */
 function singleRowCommits(tag: string, first: number, n: number): string {
@@ -127,7 +46,7 @@ for (
     const gen = fx.db.generation, locks = fx.db.metrics.writeLockCount;
     // The sqlite3 CLI's busy timeout is 0 unless `.timeout` is given: any lock we take
     // while it commits makes its statement fail.
-    await using w = new Sqlite3(fx.path);
+    await using w = new Writer(fx.path);
     await w.run(`PRAGMA wal_autocheckpoint = ${variant.autocheckpoint};`);
     const failIfLocked = (when: string) => {
       if (LOCKED_REGEXP.test(w.stderr)) {
@@ -194,9 +113,9 @@ Deno.test("writers and foreign checkpoints of every mode race our checkpoints an
     truncatePageCount: 256,
   });
   const gen = fx.db.generation!;
-  await using a = new Sqlite3(fx.path);
-  await using b = new Sqlite3(fx.path);
-  await using other = new Sqlite3(fx.path);
+  await using a = new Writer(fx.path);
+  await using b = new Writer(fx.path);
+  await using other = new Writer(fx.path);
   await a.run(".timeout 5000\nCREATE TABLE big (id INTEGER PRIMARY KEY, b BLOB);");
   // b also checkpoints (PASSIVE) after nearly every commit of its own, as SQLite does at
   // wal_autocheckpoint pages, and restarts the WAL whenever it finds it fully backfilled.
