@@ -27,6 +27,7 @@ import { type CheckpointMode, Connection, probeDatabaseFile } from "./sqlite.ts"
 import { absPath, dirname, exists, mkdirp, readAtSync, readIntoSync } from "./internal/fs.ts";
 import { delay, Mutex, Wakeup } from "./internal/delay.ts";
 import { Scratch } from "./internal/bytes.ts";
+import { FailureLog } from "./internal/failure_log.ts";
 import { type Logger, silentLogger } from "./log.ts";
 import { describeError } from "./errors.ts";
 import { createHash } from "node:crypto";
@@ -556,15 +557,17 @@ export class Db implements AsyncDisposable {
   }
 
   async #monitor(signal: AbortSignal): Promise<void> {
+    const failures = new FailureLog(this.log, "sync");
     while (!signal.aborted) {
       // Arm before syncing: a write after this point wakes us, one before it the sync sees.
       if (this.watch) this.#watcher.arm(signal);
       const lastStart = performance.now();
       try {
         await this.sync();
+        failures.succeeded();
       } catch (err) {
         if (signal.aborted) break;
-        this.log.error("sync failed", { error: describeError(err) });
+        failures.failed(err);
         await delay(Math.min(this.monitorIntervalMs, 1000), { signal }).catch(() => {});
       }
       // With a watch armed, a poll only stats the WAL: an idle database costs no reads.

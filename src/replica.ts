@@ -16,6 +16,7 @@ import {
 import { lz4Compress, lz4CompressReader, lz4DecompressStream } from "./lz4.ts";
 import { delay, Mutex, type Wakeup } from "./internal/delay.ts";
 import { Scratch } from "./internal/bytes.ts";
+import { FailureLog } from "./internal/failure_log.ts";
 import { describeError } from "./errors.ts";
 import { restore } from "./restore.ts";
 import { createHash } from "node:crypto";
@@ -30,6 +31,14 @@ export const DEFAULT_SYNC_INTERVAL_MS = 1_000;
 export const DEFAULT_FILE_SYNC_INTERVAL_MS = 20;
 export const DEFAULT_RETENTION_MS = 24 * 3600_000;
 export const DEFAULT_RETENTION_CHECK_INTERVAL_MS = 3600_000;
+
+/** Wait before retrying a failed sync; it doubles with each failure in a row. */
+const RETRY_MIN_MS = 1_000;
+/**
+ * Longest wait between two attempts while syncs keep failing: also the most time it takes
+ * to notice that the store is back.
+ */
+const RETRY_MAX_MS = 10_000;
 
 /** Segments above this size are streamed instead of compressed in memory. */
 const STREAM_SEGMENT_BYTES = 16 << 20;
@@ -437,8 +446,11 @@ export class Replica implements AsyncDisposable {
   async #monitor(signal: AbortSignal): Promise<void> {
     let backoff = 0;
     let last = -Infinity; // the first upload runs at once (performance.now() starts near 0)
+    const failures = new FailureLog(this.log, "replica sync");
     while (!signal.aborted) {
-      if (backoff > 0) await this.#wake!.wait(backoff, signal);
+      // After a failure, wait the backoff out even while commits keep arriving: retrying on
+      // each commit would hammer a store that is down, and log an error per commit.
+      if (backoff > 0) await delay(backoff, { signal }).catch(() => {});
       else await this.#wake!.wait(undefined, signal);
       if (signal.aborted) break;
       const wait = last + this.syncIntervalMs - performance.now();
@@ -447,11 +459,12 @@ export class Replica implements AsyncDisposable {
       last = performance.now();
       try {
         await this.#lock.run(() => this.#sync({ signal }, true));
+        failures.succeeded();
         backoff = 0;
       } catch (err) {
         if (signal.aborted) break;
-        backoff = Math.min(backoff ? backoff * 2 : 1000, 60_000);
-        this.log.error("replica sync failed", { error: describeError(err), retryInMs: backoff });
+        backoff = Math.min(backoff ? backoff * 2 : RETRY_MIN_MS, RETRY_MAX_MS);
+        failures.failed(err, { retryInMs: backoff });
       }
     }
   }

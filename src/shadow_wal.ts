@@ -219,12 +219,16 @@ export class ShadowWal implements ShadowWalReader {
     const headerBytes = walHeader.slice(0, WAL_HEADER_SIZE);
     const header = decodeWalHeader(headerBytes);
     const path = this.path(this.#generation!, index);
-    {
-      using f = await Deno.open(path, { write: true, create: true, truncate: true, mode: 0o600 });
-      writeAllSync(f, headerBytes);
-      await f.syncData();
+    try {
+      {
+        using f = await Deno.open(path, { write: true, create: true, truncate: true, mode: 0o600 });
+        writeAllSync(f, headerBytes);
+        await f.syncData();
+      }
+      await fsyncDir(dirname(path));
+    } catch (err) {
+      throw new Error(`Cannot start shadow WAL "${path}"`, { cause: err });
     }
-    await fsyncDir(dirname(path));
     this.#bytes += WAL_HEADER_SIZE;
     this.#state = {
       index,
@@ -253,8 +257,22 @@ export class ShadowWal implements ShadowWalReader {
     const scan = scanFile(wal, sh.size, walSize, sh.header, sh.checksum, scratch);
     if (scan.end <= sh.size) return 0;
     const n = scan.end - sh.size;
-    using out = Deno.openSync(this.path(this.#generation!, sh.index), { write: true });
-    out.seekSync(sh.size, Deno.SeekMode.Start);
+    const path = this.path(this.#generation!, sh.index);
+    try {
+      this.#write(path, sh.size, scan, wal, scratch);
+    } catch (err) {
+      throw new Error(`Cannot append to shadow WAL "${path}"`, { cause: err });
+    }
+    sh.size = scan.end;
+    sh.checksum = scan.checksum;
+    this.#bytes += n;
+    return n;
+  }
+
+  #write(path: string, from: number, scan: Scan, wal: Deno.FsFile, scratch: Scratch): void {
+    const n = scan.end - from;
+    using out = Deno.openSync(path, { write: true });
+    out.seekSync(from, Deno.SeekMode.Start);
     const keptBytes = scan.data?.reduce((a, b) => a + b.length, 0) ?? 0;
     if (scan.data && keptBytes >= n) {
       let left = n;
@@ -264,23 +282,24 @@ export class ShadowWal implements ShadowWalReader {
         left -= part.length;
       }
     } else {
-      for (let off = sh.size; off < scan.end; off += SCAN_CHUNK) {
+      for (let off = from; off < scan.end; off += SCAN_CHUNK) {
         scratch.reset();
         const len = Math.min(SCAN_CHUNK, scan.end - off);
         writeAllSync(out, readAtSync(wal, off, len, scratch));
       }
     }
-    sh.size = scan.end;
-    sh.checksum = scan.checksum;
-    this.#bytes += n;
-    return n;
   }
 
   /** Makes the current file's appended frames durable. */
   async flush(): Promise<void> {
     if (!this.#generation || !this.#state) return;
-    using f = await Deno.open(this.path(this.#generation, this.#state.index), { write: true });
-    await f.syncData();
+    const path = this.path(this.#generation, this.#state.index);
+    try {
+      using f = await Deno.open(path, { write: true });
+      await f.syncData();
+    } catch (err) {
+      throw new Error(`Cannot flush shadow WAL "${path}"`, { cause: err });
+    }
   }
 
   /**
@@ -358,6 +377,15 @@ export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
  * `scratch`, reads land in it and the bytes read are returned too while they stay under
  * 8 MiB, to copy without re-reading.
  */
+interface Scan {
+  /** End of the last valid commit. */
+  end: number;
+  /** Running checksum there. */
+  checksum: [number, number];
+  /** The bytes read, while they stay under SCAN_CHUNK. */
+  data?: Uint8Array[];
+}
+
 function scanFile(
   file: Deno.FsFile,
   start: number,
@@ -365,7 +393,7 @@ function scanFile(
   header: WalHeader,
   seed: readonly [number, number],
   scratch?: Scratch,
-): { end: number; checksum: [number, number]; data?: Uint8Array[] } {
+): Scan {
   const fs = walFrameSize(header.pageSize);
   const maxChunk = Math.max(1, Math.floor(SCAN_CHUNK / fs)) * fs;
   let chunk = Math.min(16 * fs, maxChunk);

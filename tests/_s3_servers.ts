@@ -6,15 +6,22 @@
  * - `fauxqs`: fauxqs in this process (Node-style npm package that runs under Deno); it
  *   accepts any credentials.
  *
+ * moto is always the version `scripts/setup_test_deps.sh` pins, run from the directory it
+ * installs it into; a `moto_server` on PATH is never used.
+ *
  * Plus {@linkcode startS3Proxy}: an HTTP proxy in front of either that records requests,
- * enforces S3's 1000-key DeleteObjects limit (neither server does) and injects failures.
+ * enforces S3's 1000-key DeleteObjects limit (neither server does) and injects failures:
+ * the next few requests ({@linkcode S3Proxy.inject}), or a fault mode switched at run time
+ * ({@linkcode S3Proxy.setFaultMode}): 5xx answers, connection resets, stalls, at a rate.
  *
  * @module
  */
 import { Buffer } from "node:buffer";
 import * as http from "node:http";
 import * as https from "node:https";
+import { fileURLToPath } from "node:url";
 import { startFauxqs } from "fauxqs";
+import denoJson from "../deno.json" with { type: "json" };
 import type { S3ReplicaClientOptions } from "../src/clients/s3.ts";
 
 /** S3 server implementations the tests can start. */
@@ -23,6 +30,8 @@ export type S3ServerKind = "moto" | "fauxqs";
 /** A running S3 server with one bucket, stopped on dispose. */
 export interface S3TestServer extends AsyncDisposable {
   readonly kind: S3ServerKind;
+  /** Version of the server package, e.g. `"5.2.5"` for moto (the pinned one, checked at start). */
+  readonly version: string;
   /** `http://127.0.0.1:PORT` */
   readonly endpoint: string;
   /** A bucket that exists, in us-east-1. */
@@ -44,6 +53,9 @@ const BUCKET = "litestream-test";
 const OTHER_REGION = "eu-west-2";
 const OTHER_REGION_BUCKET = "litestream-test-eu";
 const START_TIMEOUT_MS = 30_000;
+/** The fauxqs version deno.json imports (`npm:fauxqs@VERSION`). */
+const FAUXQS_VERSION = /@([^/@]+)$/.exec(denoJson.imports.fauxqs)?.[1] ?? "unknown";
+const enc = new TextEncoder();
 
 /** All server kinds, in the order tests run them. */
 export function s3ServerKinds(): S3ServerKind[] {
@@ -57,13 +69,13 @@ export function isCi(): boolean {
 
 /**
  * Returns why `kind` cannot be started here, or `undefined` if it can. Only moto can be
- * missing (it is a Python package): run `scripts/setup_test_deps.sh`.
+ * missing (a Python package): the first call installs the pinned version with
+ * `scripts/setup_test_deps.sh` if needed (about 30 s, needs pip and PyPI).
  */
 export async function s3ServerUnavailable(kind: S3ServerKind): Promise<string | undefined> {
   if (kind !== "moto") return undefined;
-  if (await motoCommand() !== undefined) return undefined;
-  return "moto is not installed (no moto_server on PATH and `python3 -m moto.server` " +
-    "is unavailable): run scripts/setup_test_deps.sh";
+  const found = await findMoto();
+  return "unavailable" in found ? found.unavailable : undefined;
 }
 
 /** Options of {@linkcode startS3Server}. */
@@ -86,37 +98,95 @@ export function startS3Server(
   }
 }
 
-/** Finds how to run moto's server: `moto_server` on PATH, else `python3 -m moto.server`. */
-async function motoCommand(): Promise<string[] | undefined> {
-  for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
-    if (!dir) continue;
-    try {
-      const info = await Deno.stat(`${dir}/moto_server`);
-      if (info.isFile && (info.mode ?? 0o111) & 0o111) return [`${dir}/moto_server`];
-    } catch {
-      // not in this directory
+/** Where `scripts/setup_test_deps.sh` installs moto: `$LITESTREAM_MOTO_DIR` or `<repo>/.bench/moto`. */
+export function motoDir(): string {
+  return Deno.env.get("LITESTREAM_MOTO_DIR") ??
+    fileURLToPath(new URL("../.bench/moto", import.meta.url));
+}
+
+/** The moto version `scripts/setup_test_deps.sh` pins (its `MOTO_VERSION=` line). */
+export async function pinnedMotoVersion(): Promise<string> {
+  const script = await Deno.readTextFile(SETUP_SCRIPT);
+  const m = /^MOTO_VERSION="([^"]+)"$/m.exec(script);
+  if (!m) throw new Error(`No MOTO_VERSION="..." line in ${SETUP_SCRIPT}`);
+  return m[1];
+}
+
+const SETUP_SCRIPT = fileURLToPath(new URL("../scripts/setup_test_deps.sh", import.meta.url));
+
+/** How to run the pinned moto, or why it cannot run. */
+type MotoInstall =
+  | { command: string[]; env: Record<string, string>; version: string }
+  | { unavailable: string };
+
+let motoInstall: Promise<MotoInstall> | undefined;
+
+/**
+ * Finds the pinned moto in {@linkcode motoDir}, running `scripts/setup_test_deps.sh` once
+ * per process if it is missing or another version (as `_oracle.ts` installs Litestream on
+ * first use). A `moto_server` on PATH is never used: its version is whatever the machine has.
+ */
+function findMoto(): Promise<MotoInstall> {
+  return motoInstall ??= (async (): Promise<MotoInstall> => {
+    const want = await pinnedMotoVersion();
+    let found = await probeMoto(want);
+    if ("unavailable" in found) {
+      const out = await new Deno.Command("bash", {
+        args: [SETUP_SCRIPT],
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).output().catch((err: Error) => ({ success: false, stderr: enc.encode(err.message) }));
+      if (!out.success) {
+        const why = new TextDecoder().decode(out.stderr).trim().split("\n").at(-1);
+        return {
+          unavailable: `${found.unavailable}, and scripts/setup_test_deps.sh failed: ${why}`,
+        };
+      }
+      found = await probeMoto(want);
     }
-  }
+    return found;
+  })();
+}
+
+/** Checks that `python3 -m moto.server` with PYTHONPATH={@linkcode motoDir} runs moto `want`. */
+async function probeMoto(want: string): Promise<MotoInstall> {
+  const dir = motoDir();
+  const env = { PYTHONPATH: dir };
+  const code = "import os, sys, flask, flask_cors, moto, moto.server; " +
+    "print(moto.__version__, os.path.realpath(moto.__file__))";
+  let out: Deno.CommandOutput;
   try {
-    const out = await new Deno.Command("python3", {
-      args: ["-c", "import moto.server, flask, flask_cors"],
-      stdout: "null",
-      stderr: "null",
-    }).output();
-    if (out.success) return ["python3", "-m", "moto.server"];
+    out = await new Deno.Command("python3", {
+      args: ["-c", code],
+      env,
+      stdout: "piped",
+      stderr: "piped",
+    })
+      .output();
   } catch {
-    // no python3
+    return { unavailable: "python3 is not installed (apt-get install python3 python3-pip)" };
   }
-  return undefined;
+  const [version = "", file = ""] = new TextDecoder().decode(out.stdout).trim().split(" ");
+  const real = await Deno.realPath(dir).catch(() => dir);
+  if (!out.success || !file.startsWith(`${real}/`)) {
+    return { unavailable: `moto ${want} is not installed in ${dir}` };
+  }
+  if (version !== want) {
+    return { unavailable: `${dir} holds moto ${version}, the project pins ${want}` };
+  }
+  return { command: ["python3", "-m", "moto.server"], env, version };
 }
 
 async function startMoto(tls: boolean): Promise<S3TestServer> {
   const t0 = performance.now();
-  const command = await motoCommand();
-  if (!command) throw new Error(`Cannot start moto: ${await s3ServerUnavailable("moto")}`);
+  const moto = await findMoto();
+  if ("unavailable" in moto) throw new Error(`Cannot start moto: ${moto.unavailable}`);
+  const [program, ...args] = moto.command;
 
-  const child = new Deno.Command(command[0], {
-    args: [...command.slice(1), "-H", "127.0.0.1", "-p", "0", ...(tls ? ["--ssl"] : [])],
+  const child = new Deno.Command(program, {
+    args: [...args, "-H", "127.0.0.1", "-p", "0", ...(tls ? ["--ssl"] : [])],
+    env: moto.env,
     stdin: "null",
     stdout: "null",
     stderr: "piped",
@@ -169,6 +239,7 @@ async function startMoto(tls: boolean): Promise<S3TestServer> {
     const { accessKeyId, secretAccessKey } = await setUpMotoAuth(endpoint);
     return makeServer({
       kind: "moto",
+      version: moto.version,
       endpoint,
       accessKeyId,
       secretAccessKey,
@@ -285,6 +356,7 @@ async function startFauxqsServer(): Promise<S3TestServer> {
   server.createBucket(BUCKET);
   return makeServer({
     kind: "fauxqs",
+    version: FAUXQS_VERSION,
     endpoint: `http://127.0.0.1:${server.port}`,
     accessKeyId: "AKIAFAUXQSTEST",
     secretAccessKey: "fauxqs-secret-not-checked",
@@ -329,28 +401,86 @@ export interface ProxiedRequest {
   method: string;
   /** Path and query, e.g. `/bkt?delete=`. */
   url: string;
+  /**
+   * What the request is about, to count retries of the same thing: method and path, plus the
+   * `prefix` of a listing and the `partNumber` of a part.
+   */
+  key: string;
+  /** The SDK's attempt number (`amz-sdk-request: attempt=N`): 2 and up are its retries. */
+  attempt?: number;
   /** Keys named in a DeleteObjects body. */
   deleteKeys?: number;
   /** True if a DeleteObjects body asked for a quiet response. */
   deleteQuiet?: boolean;
   /** Region of the SigV4 credential scope the request was signed for. */
   signedRegion?: string;
-  /** Status returned to the client. */
+  /** The fault injected instead of (or in the middle of) the answer, if any. */
+  fault?: ProxyFault["kind"];
+  /**
+   * Status returned to the client: -1 if the connection was closed before an answer, 0 while
+   * none was sent (in flight, or stalled).
+   */
   status: number;
 }
 
-/** What the proxy does instead of forwarding the next matching request. */
+/**
+ * What the proxy does instead of forwarding a request normally:
+ * - `status`: answers `status` with an S3 XML error `code` (500 InternalError, 503 SlowDown…);
+ * - `reset`: closes the connection once the request arrived, or with `midResponse` after the
+ *   server's status line, headers and half its body;
+ * - `stall`: never answers (or with `midResponse`, stops after half the body) and holds the
+ *   connection open until the client gives up or the proxy stops, as a black-holed network
+ *   path does. Switching the fault mode off does not release requests already stalled.
+ */
 export type ProxyFault =
   | { kind: "status"; status: number; code: string }
-  | { kind: "reset" };
+  | { kind: "reset"; midResponse?: boolean }
+  | { kind: "stall"; midResponse?: boolean };
+
+/** A fault mode that applies to every request until it is changed. */
+export interface FaultMode {
+  /** Faults to inject, one picked at random per failing request. */
+  faults: ProxyFault[];
+  /** Share of requests that fail, from 0 to 1. @default {1} */
+  rate?: number;
+  /** Only requests with this method fail. @default {any method} */
+  method?: string;
+  /** Only requests whose path and query match fail. @default {any request} */
+  url?: RegExp;
+  /** Seed of the random choices, so that a failing run can be replayed. @default {1} */
+  seed?: number;
+}
+
+/** Counts over some of the proxy's requests (see {@linkcode S3Proxy.stats}). */
+export interface ProxyStats {
+  /** Requests the client sent. */
+  requests: number;
+  /** Requests that got a fault instead of (or in the middle of) the server's answer. */
+  faults: number;
+  /** Requests the SDK sent as a retry of a failed attempt (attempt 2 and up). */
+  sdkRetries: number;
+  /** Requests beyond the first for the same key: SDK retries plus the replica's own. */
+  repeats: number;
+  /** Most requests sent for one key. */
+  maxPerKey: number;
+}
 
 /** A recording, fault-injecting HTTP proxy in front of an S3 server. */
 export interface S3Proxy extends AsyncDisposable {
   /** `http://127.0.0.1:PORT`: use as the client's endpoint. */
   readonly endpoint: string;
   readonly requests: ProxiedRequest[];
+  /** Requests being held by a `stall` fault right now. */
+  readonly stalled: number;
   /** Makes the next `count` requests whose method matches fail with `fault`. */
   inject(fault: ProxyFault, count: number, method?: string): void;
+  /**
+   * Applies `mode` to every request from now on (after the ones queued by `inject`);
+   * `undefined` forwards everything again.
+   */
+  setFaultMode(mode: FaultMode | undefined): void;
+  /** Counts over the requests from index `from` of {@linkcode requests} on. */
+  stats(from?: number): ProxyStats;
   stop(): Promise<void>;
 }
 
@@ -361,15 +491,41 @@ export interface S3Proxy extends AsyncDisposable {
 export async function startS3Proxy(upstream: string): Promise<S3Proxy> {
   const target = new URL(upstream);
   const requests: ProxiedRequest[] = [];
-  const faults: { fault: ProxyFault; method?: string }[] = [];
+  const queued: { fault: ProxyFault; method?: string }[] = [];
+  let mode: (FaultMode & { rate: number; random: () => number }) | undefined;
   const agent = new http.Agent({ keepAlive: false });
+  const stalled = new Set<http.ServerResponse>();
+
+  /** The fault for `record`, if it gets one. */
+  const pick = (record: ProxiedRequest): ProxyFault | undefined => {
+    const i = queued.findIndex((f) => !f.method || f.method === record.method);
+    if (i >= 0) return queued.splice(i, 1)[0].fault;
+    if (!mode || mode.faults.length === 0) return undefined;
+    if (mode.method && mode.method !== record.method) return undefined;
+    if (mode.url && !mode.url.test(record.url)) return undefined;
+    if (mode.random() >= mode.rate) return undefined;
+    return mode.faults[Math.floor(mode.random() * mode.faults.length)];
+  };
+
+  const stall = (res: http.ServerResponse) => {
+    stalled.add(res);
+    res.on("close", () => stalled.delete(res));
+  };
 
   const server = http.createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on("data", (c: Buffer) => chunks.push(c));
     req.on("end", () => {
       const body = Buffer.concat(chunks);
-      const record: ProxiedRequest = { method: req.method ?? "", url: req.url ?? "", status: 0 };
+      const url = req.url ?? "";
+      const record: ProxiedRequest = {
+        method: req.method ?? "",
+        url,
+        key: requestKey(req.method ?? "", url),
+        status: 0,
+      };
+      const attempt = /attempt=(\d+)/.exec(String(req.headers["amz-sdk-request"] ?? ""));
+      if (attempt) record.attempt = Number(attempt[1]);
       const scope = /Credential=[^/]+\/\d+\/([^/]+)\//.exec(req.headers.authorization ?? "");
       if (scope) record.signedRegion = scope[1];
       requests.push(record);
@@ -379,16 +535,20 @@ export async function startS3Proxy(upstream: string): Promise<S3Proxy> {
         record.deleteQuiet = /<Quiet>true<\/Quiet>/.test(xml);
       }
 
-      const i = faults.findIndex((f) => !f.method || f.method === record.method);
-      if (i >= 0) {
-        const [{ fault }] = faults.splice(i, 1);
+      const fault = pick(record);
+      if (fault) record.fault = fault.kind;
+      if (fault?.kind === "status") {
+        record.status = fault.status;
+        reply(res, fault.status, fault.code);
+        return;
+      }
+      if (fault && !fault.midResponse) {
         if (fault.kind === "reset") {
           record.status = -1;
           req.socket.destroy();
-          return;
+        } else {
+          stall(res);
         }
-        record.status = fault.status;
-        reply(res, fault.status, fault.code);
         return;
       }
       if ((record.deleteKeys ?? 0) > 1000) {
@@ -406,8 +566,21 @@ export async function startS3Proxy(upstream: string): Promise<S3Proxy> {
         agent,
       }, (up) => {
         record.status = up.statusCode ?? 0;
-        res.writeHead(up.statusCode ?? 502, up.headers);
-        up.pipe(res);
+        if (!fault) {
+          res.writeHead(up.statusCode ?? 502, up.headers);
+          up.pipe(res);
+          return;
+        }
+        // A fault in the middle of the answer: the status line, headers and half the body.
+        const parts: Buffer[] = [];
+        up.on("data", (c: Buffer) => parts.push(c));
+        up.on("end", () => {
+          const whole = Buffer.concat(parts);
+          res.writeHead(up.statusCode ?? 502, up.headers);
+          res.write(whole.subarray(0, Math.floor(whole.length / 2)));
+          if (fault.kind === "reset") res.destroy();
+          else stall(res);
+        });
       });
       out.on("error", () => {
         record.status = 502;
@@ -424,17 +597,56 @@ export async function startS3Proxy(upstream: string): Promise<S3Proxy> {
   const stop = () =>
     stopped ??= new Promise<void>((resolve) => {
       server.closeAllConnections();
+      for (const res of stalled) res.destroy();
       server.close(() => resolve());
       agent.destroy();
     });
   return {
     endpoint: `http://127.0.0.1:${port}`,
     requests,
+    get stalled() {
+      return stalled.size;
+    },
     inject(fault, count, method) {
-      for (let i = 0; i < count; i++) faults.push({ fault, method });
+      for (let i = 0; i < count; i++) queued.push({ fault, method });
+    },
+    setFaultMode(m) {
+      mode = m && { ...m, rate: m.rate ?? 1, random: mulberry32(m.seed ?? 1) };
+    },
+    stats(from = 0) {
+      const rs = requests.slice(from);
+      const perKey = new Map<string, number>();
+      for (const r of rs) perKey.set(r.key, (perKey.get(r.key) ?? 0) + 1);
+      return {
+        requests: rs.length,
+        faults: rs.filter((r) => r.fault !== undefined).length,
+        sdkRetries: rs.filter((r) => (r.attempt ?? 1) > 1).length,
+        repeats: rs.length - perKey.size,
+        maxPerKey: Math.max(0, ...perKey.values()),
+      };
     },
     stop,
     [Symbol.asyncDispose]: stop,
+  };
+}
+
+/** Method and path of a request, plus the listing prefix or part number it names. */
+function requestKey(method: string, url: string): string {
+  const u = new URL(url, "http://proxy");
+  const extra = ["prefix", "partNumber"].filter((p) => u.searchParams.has(p))
+    .map((p) => `${p}=${u.searchParams.get(p)}`);
+  return `${method} ${u.pathname}${extra.length ? `?${extra.join("&")}` : ""}`;
+}
+
+/** A small seeded generator of numbers in [0, 1) (mulberry32). */
+function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
 

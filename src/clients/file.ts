@@ -16,7 +16,7 @@ import {
   walSegmentKey,
   walSegmentsKey,
 } from "../layout.ts";
-import type { Pos } from "../pos.ts";
+import { formatPos, type Pos } from "../pos.ts";
 import type {
   Body,
   CallOptions,
@@ -76,8 +76,9 @@ export class FileReplicaClient implements ReplicaClient {
     options: CallOptions = {},
   ): Promise<SnapshotInfo> {
     options.signal?.throwIfAborted();
-    const path = this.#path(snapshotKey(key.generation, key.index));
-    const size = await this.#write(path, data, options.signal);
+    const name = snapshotKey(key.generation, key.index);
+    const path = this.#path(name);
+    const size = await this.#write(`snapshot "${name}"`, path, data, options.signal);
     return { ...key, size, createdAt: mtime(path) };
   }
 
@@ -107,7 +108,7 @@ export class FileReplicaClient implements ReplicaClient {
   async writeWalSegment(pos: Pos, data: Body, options: CallOptions = {}): Promise<WalSegmentInfo> {
     options.signal?.throwIfAborted();
     const path = this.#path(walSegmentKey(pos.generation, pos.index, pos.offset));
-    const size = await this.#write(path, data, options.signal);
+    const size = await this.#write(`WAL segment ${formatPos(pos)}`, path, data, options.signal);
     return { ...pos, size, createdAt: mtime(path) };
   }
 
@@ -138,17 +139,27 @@ export class FileReplicaClient implements ReplicaClient {
     }
   }
 
-  async #write(path: string, data: Body, signal?: AbortSignal): Promise<number> {
+  /**
+   * Writes `data` to `path` atomically. File-system errors (a full disk, a read-only mount)
+   * are wrapped to name what was written and where; NotFound and aborts pass through, as
+   * they may come from the source stream.
+   */
+  async #write(what: string, path: string, data: Body, signal?: AbortSignal): Promise<number> {
     const dir = dirname(path);
-    let ready = this.#dirs.get(dir);
-    if (!ready) {
-      // Once per directory, before any write into it (concurrent writers share this).
-      ready = prepareDir(dir);
-      this.#dirs.set(dir, ready);
-      ready.catch(() => this.#dirs.delete(dir));
+    try {
+      let ready = this.#dirs.get(dir);
+      if (!ready) {
+        // Once per directory, before any write into it (concurrent writers share this).
+        ready = prepareDir(dir);
+        this.#dirs.set(dir, ready);
+        ready.catch(() => this.#dirs.delete(dir));
+      }
+      await ready;
+      return await writeFileAtomic(path, data, { signal });
+    } catch (err) {
+      if (signal?.aborted || err instanceof Deno.errors.NotFound) throw err;
+      throw new Error(`Cannot write ${what} in "${this.root}"`, { cause: err });
     }
-    await ready;
-    return await writeFileAtomic(path, data, { signal });
   }
 }
 

@@ -62,7 +62,7 @@ const UPLOAD_QUEUE_SIZE = 4;
 const MAX_ATTEMPTS = 5;
 const CONNECT_TIMEOUT_MS = 10_000;
 /** A socket idle this long is closed and the request fails (and is retried). */
-const SOCKET_IDLE_TIMEOUT_MS = 120_000;
+export const DEFAULT_IDLE_TIMEOUT_MS = 120_000;
 
 /** How to reach one S3 replica. */
 export interface S3ReplicaClientOptions {
@@ -88,6 +88,12 @@ export interface S3ReplicaClientOptions {
   accessKeyId?: string;
   /** Secret access key; see `accessKeyId`. */
   secretAccessKey?: string;
+  /**
+   * A request whose connection moves no byte for this long (a stalled server or network
+   * path) fails with a timeout and is retried like a 5xx answer.
+   * @default {120_000}
+   */
+  idleTimeoutMs?: number;
 }
 
 const LOCALHOST_REGEXP = /^(?:(.+)\.)?localhost$/;
@@ -238,7 +244,10 @@ export function describeS3Error(err: unknown, context: S3ErrorContext): string {
       return "the server is throttling requests (SlowDown), retries gave up";
     case "TimeoutError":
     case "RequestTimeout":
-      return `request to ${host} timed out`;
+      // The SDK names resets TimeoutError too (to retry them): the code tells them apart.
+      if (!["ECONNRESET", "EPIPE", "ECONNABORTED"].includes(code)) {
+        return `request to ${host} timed out`;
+      }
   }
   switch (code) {
     case "ECONNREFUSED":
@@ -322,6 +331,8 @@ export class S3ReplicaClient implements ReplicaClient, AsyncDisposable {
   readonly endpoint?: string;
   readonly forcePathStyle: boolean;
   readonly skipVerify: boolean;
+  /** See {@linkcode S3ReplicaClientOptions.idleTimeoutMs}. */
+  readonly idleTimeoutMs: number;
   /**
    * Successful GET, PUT, DELETE and LIST requests of this client and the bytes they moved,
    * for `litestream_replica_operation_total` and `_bytes` (labelled `replica_type="s3"`).
@@ -342,6 +353,7 @@ export class S3ReplicaClient implements ReplicaClient, AsyncDisposable {
     this.endpoint = options.endpoint || undefined;
     this.forcePathStyle = options.forcePathStyle ?? this.endpoint !== undefined;
     this.skipVerify = options.skipVerify ?? false;
+    this.idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
 
     // Explicit keys win; otherwise LITESTREAM_* stand in for unset AWS_* variables.
     if (options.accessKeyId || options.secretAccessKey) {
@@ -509,7 +521,7 @@ export class S3ReplicaClient implements ReplicaClient, AsyncDisposable {
       retryMode: "standard",
       requestHandler: {
         connectionTimeout: CONNECT_TIMEOUT_MS,
-        socketTimeout: SOCKET_IDLE_TIMEOUT_MS,
+        socketTimeout: this.idleTimeoutMs,
         ...(this.skipVerify ? { httpsAgent: { keepAlive: true, rejectUnauthorized: false } } : {}),
       },
     };
@@ -634,7 +646,12 @@ export class S3ReplicaClient implements ReplicaClient, AsyncDisposable {
         );
         if (!out.Body) throw new Error("response has no body");
         this.operations.record("GET", out.ContentLength ?? 0);
-        return out.Body.transformToWebStream() as ReadableStream<Uint8Array>;
+        // The body arrives after send() returned: a reset or a stall while reading it fails
+        // the stream, with the same one-line errors as a failed request.
+        return translateErrors(
+          out.Body.transformToWebStream() as ReadableStream<Uint8Array>,
+          (err) => this.#translate(`read ${what} "${name}"`, signal, err),
+        );
       } catch (err) {
         const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
         if (
@@ -812,6 +829,28 @@ function checkGeneration(generation: string): string {
 function baseName(key: string): string {
   const trimmed = key.endsWith("/") ? key.slice(0, -1) : key;
   return trimmed.slice(trimmed.lastIndexOf("/") + 1);
+}
+
+/** Passes `stream` through, replacing the error it fails with by `translate(error)`. */
+function translateErrors(
+  stream: ReadableStream<Uint8Array>,
+  translate: (err: unknown) => unknown,
+): ReadableStream<Uint8Array> {
+  const reader = stream.getReader();
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      let next: ReadableStreamReadResult<Uint8Array>;
+      try {
+        next = await reader.read();
+      } catch (err) {
+        controller.error(translate(err));
+        return;
+      }
+      if (next.done) controller.close();
+      else controller.enqueue(next.value);
+    },
+    cancel: (reason) => reader.cancel(reason),
+  }, { highWaterMark: 0 });
 }
 
 /** Resolves like `promise`, or rejects with the signal's reason as soon as it aborts. */
