@@ -54,7 +54,8 @@ export function describeError(err: unknown): string {
   for (let e: unknown = err; e !== undefined && e !== null; e = (e as Error).cause) {
     const msg = e instanceof Error ? e.message : String(e);
     const line = msg.split("\n")[0].trim();
-    if (line && !parts.includes(line)) parts.push(line);
+    // A cause whose text its wrapper already ends with (SDK errors often repeat it) adds nothing.
+    if (line && !parts.some((p) => p === line || p.endsWith(`: ${line}`))) parts.push(line);
     if (!(e instanceof Error) || parts.length > 8) break;
   }
   return parts.join(": ") || "unknown error";
