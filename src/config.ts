@@ -32,6 +32,13 @@ import {
   type YAMLMap,
 } from "yaml";
 import { ConfigError, UsageError } from "./errors.ts";
+import {
+  allBackendKeys,
+  backendOf,
+  BACKENDS,
+  type BackendSettings,
+  backendsWithKey,
+} from "./backends/mod.ts";
 
 /** Where the config file is read from when neither `-config` nor `LITESTREAM_CONFIG` is set. */
 export const DEFAULT_CONFIG_PATH = "/etc/litestream.yml";
@@ -51,15 +58,15 @@ export interface LoggingConfig {
  * set in the file are `undefined`, so the consumer applies its own defaults.
  */
 export interface ReplicaConfig {
-  /** Backend kind: the URL scheme if `url` is set, else the `type` key, else `"file"`. */
-  type: "file" | "s3";
+  /** Backend kind (see `src/backends/mod.ts`): the URL scheme if `url` is set, else the `type` key, else `"file"`. */
+  type: string;
   /** Name unique within the database. Unset means the type is the name. */
   name?: string;
-  /** Replica URL as written (after `$ENV` expansion). For s3, the client parses the host. */
+  /** Replica URL as written (after `$ENV` expansion). Remote backends parse it themselves. */
   url?: string;
   /**
    * File replicas: the absolute directory (from `path` or the `file://` URL, `~` expanded,
-   * relative paths resolved against the working directory). S3: the key prefix as written.
+   * relative paths resolved against the working directory). Others: the path as written.
    */
   path?: string;
   /** How long snapshots and WAL are kept; `0` disables retention. v0.3.13 default: 24h. */
@@ -72,20 +79,13 @@ export interface ReplicaConfig {
   snapshotIntervalMs?: number;
   /** How often the replica is restored and compared; `0` disables. v0.3.13 default: 0. */
   validationIntervalMs?: number;
-  /** S3 bucket from the `bucket` key (for an s3 URL the client takes it from the host). */
-  bucket?: string;
-  /** S3 region. */
-  region?: string;
-  /** S3 endpoint for S3-compatible services. */
-  endpoint?: string;
-  /** S3 path-style addressing; v0.3.13 defaults it to true when `endpoint` is set. */
-  forcePathStyle?: boolean;
-  /** Skip TLS certificate verification for S3. */
-  skipVerify?: boolean;
-  /** S3 access key: the replica's own, else the global one. Never logged. */
-  accessKeyId?: string;
-  /** S3 secret key: the replica's own, else the global one. Never logged. */
-  secretAccessKey?: string;
+  /**
+   * The backend's own keys that were set, by config key (`bucket`, `key-path`, …); keys a
+   * top-level key of the same name supplies (`access-key-id`) included. Secrets are never logged.
+   */
+  settings: BackendSettings;
+  /** age encryption of every object (v0.3.13's `age` key). Identities are secret. */
+  age?: { identities: string[]; recipients: string[] };
 }
 
 /**
@@ -135,7 +135,7 @@ export interface ParseConfigOptions {
   env?: (name: string) => string | undefined;
   /** Directory relative paths are resolved against. @default {Deno.cwd()} */
   cwd?: string;
-  /** Directory `~` stands for. @default {$HOME} */
+  /** Directory `~` stands for. @default {$HOME, read only when a path starts with `~`} */
   home?: string;
 }
 
@@ -149,12 +149,9 @@ export interface LoadConfigOptions {
 export interface ReplicaUrlOptions {
   /** Directory relative paths are resolved against. @default {Deno.cwd()} */
   cwd?: string;
-  /** Directory `~` stands for. @default {$HOME} */
+  /** Directory `~` stands for. @default {$HOME, read only when a path starts with `~`} */
   home?: string;
 }
-
-const SUPPORTED_TYPES = ["file", "s3"] as const;
-const UNSUPPORTED_TYPES = ["gcs", "abs", "sftp"];
 
 const TOP_KEYS = ["dbs", "addr", "exec", "access-key-id", "secret-access-key", "logging"];
 const LOGGING_KEYS = ["level", "type", "stderr"];
@@ -168,16 +165,8 @@ const DB_KEYS = [
   "busy-timeout",
   "replicas",
 ];
-const S3_KEYS = [
-  "bucket",
-  "region",
-  "endpoint",
-  "force-path-style",
-  "skip-verify",
-  "access-key-id",
-  "secret-access-key",
-];
-const REPLICA_KEYS = [
+/** Keys every replica accepts; each backend adds its own (src/backends/). */
+const COMMON_REPLICA_KEYS = [
   "type",
   "name",
   "url",
@@ -187,19 +176,18 @@ const REPLICA_KEYS = [
   "sync-interval",
   "snapshot-interval",
   "validation-interval",
-  ...S3_KEYS,
+  "age",
 ];
-/** v0.3.13 keys of replica types we do not support, with the type they belong to. */
-const UNSUPPORTED_TYPE_KEYS: Record<string, string> = {
-  "account-name": "abs",
-  "account-key": "abs",
-  host: "sftp",
-  user: "sftp",
-  password: "sftp",
-  "key-path": "sftp",
-};
+const BACKEND_KEYS = allBackendKeys();
+const REPLICA_KEYS = [...COMMON_REPLICA_KEYS, ...BACKEND_KEYS.keys()];
+const AGE_KEYS = ["identities", "recipients"];
+/** Top-level keys a replica's backend key of the same name falls back to. */
+type GlobalKeys = Record<string, string | undefined>;
 /** Keys whose values must never appear in a message. */
-const SECRET_KEYS = new Set(["access-key-id", "secret-access-key", "account-key", "password"]);
+const SECRET_KEYS = new Set([
+  "identities",
+  ...[...BACKEND_KEYS].filter(([, k]) => k.secret).map(([key]) => key),
+]);
 /** Keys Litestream 0.5 added; named in the message so the mix-up is obvious. */
 const V05_KEYS = new Set([
   "snapshot",
@@ -222,6 +210,8 @@ const V05_KEYS = new Set([
 ]);
 
 const URL_REGEXP = /^\w+:\/\//;
+const AGE_RECIPIENT_REGEXP = /^age1[02-9ac-hj-np-z]{58}$/;
+const AGE_IDENTITY_REGEXP = /^AGE-SECRET-KEY-1[02-9AC-HJ-NP-Z]{58}$/;
 const URL_SCHEME_REGEXP = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//;
 const INTEGER_SOURCE_REGEXP = /^[-+]?(0x[0-9a-fA-F_]+|0b[01_]+|[0-9_]+)$/;
 const ADDR_REGEXP = /^(.*):([0-9]{1,5})$/;
@@ -363,7 +353,10 @@ function shellName(s: string): [string, number] {
 
 /**
  * Chooses the config file: the `-config` flag if given, else `$LITESTREAM_CONFIG` if set
- * and non-empty, else {@linkcode DEFAULT_CONFIG_PATH}.
+ * and non-empty, else {@linkcode DEFAULT_CONFIG_PATH}. The variable is read only if the
+ * process may read it (`--allow-env` or `--allow-env=LITESTREAM_CONFIG`); without that
+ * permission it counts as unset, so a run with a config path needs no env permission and
+ * never prompts for one.
  *
  * @param explicit The `-config` flag's value, if any.
  * @returns The path (with `~` expanded and made absolute), and whether the user chose it
@@ -371,10 +364,10 @@ function shellName(s: string): [string, number] {
  * @throws {ConfigError} If the path starts with `~` and there is no home directory.
  */
 export function configPathFromEnv(explicit?: string): { path: string; explicit: boolean } {
-  const chosen = explicit || Deno.env.get("LITESTREAM_CONFIG");
+  const chosen = explicit || grantedEnv("LITESTREAM_CONFIG");
   if (!chosen) return { path: DEFAULT_CONFIG_PATH, explicit: false };
   try {
-    return { path: expandPath(chosen, Deno.cwd(), homeDir()), explicit: true };
+    return { path: expandPath(chosen, Deno.cwd()), explicit: true };
   } catch (err) {
     throw new ConfigError(`cannot use config file "${chosen}"`, { cause: err });
   }
@@ -388,11 +381,10 @@ export function configPathFromEnv(explicit?: string): { path: string; explicit: 
  *   (naming the file, line and key).
  */
 export async function loadConfig(path: string, options: LoadConfigOptions = {}): Promise<Config> {
-  const home = homeDir();
   const cwd = Deno.cwd();
   let file: string;
   try {
-    file = expandPath(path, cwd, home);
+    file = expandPath(path, cwd);
   } catch (err) {
     throw new ConfigError(`cannot use config file "${path}"`, { cause: err });
   }
@@ -405,7 +397,7 @@ export async function loadConfig(path: string, options: LoadConfigOptions = {}):
     }
     throw new ConfigError(`cannot read config file "${file}"`, { cause: err });
   }
-  return parseConfig(text, { path: file, expandEnv: options.expandEnv, cwd, home });
+  return parseConfig(text, { path: file, expandEnv: options.expandEnv, cwd });
 }
 
 /**
@@ -426,7 +418,7 @@ export function parseConfig(text: string, options: ParseConfigOptions): Config {
     : expandEnvMapped(text, env);
   const parser = new ConfigParser(options.path, text, expanded.toOriginal, {
     cwd: options.cwd ?? Deno.cwd(),
-    home: options.home ?? homeDir(),
+    home: options.home,
   });
   return parser.parse(expanded.text);
 }
@@ -441,11 +433,10 @@ export function parseConfig(text: string, options: ParseConfigOptions): Config {
  */
 export function replicaConfigFromUrl(url: string, options: ReplicaUrlOptions = {}): ReplicaConfig {
   const cwd = options.cwd ?? Deno.cwd();
-  const home = options.home ?? homeDir();
   if (!URL_REGEXP.test(url)) {
     if (url === "") throw new UsageError("replica URL is empty");
     try {
-      return { type: "file", path: expandPath(url, cwd, home) };
+      return { type: "file", path: expandPath(url, cwd, options.home), settings: {} };
     } catch (err) {
       throw new UsageError(`cannot use replica path "${url}"`, { cause: err });
     }
@@ -462,11 +453,9 @@ function checkReplicaUrl(url: string): ReplicaConfig | string {
   if (scheme === undefined) {
     return `replica URL "${shown}" needs a scheme such as "s3://" or "file://"`;
   }
-  if (UNSUPPORTED_TYPES.includes(scheme)) {
-    return `replica type "${scheme}" is not supported by this version`;
-  }
-  if (scheme !== "file" && scheme !== "s3") {
-    return `unknown replica URL scheme "${scheme}" in "${shown}" (supported: file, s3)`;
+  const backend = backendOf(scheme);
+  if (!backend) {
+    return `unknown replica URL scheme "${scheme}" in "${shown}" (supported: ${backendTypes()})`;
   }
   let parsed: URL;
   try {
@@ -474,23 +463,20 @@ function checkReplicaUrl(url: string): ReplicaConfig | string {
   } catch {
     return `replica URL "${shown}" is malformed`;
   }
-  if (scheme === "s3") {
-    if (parsed.hostname === "") return `replica URL "${shown}" has no bucket`;
-    return { type: "s3", url };
-  }
-  if (parsed.host !== "") {
-    return `file URL "${shown}" must have an absolute path such as "file:///var/backups/db"`;
-  }
-  let path = parsed.pathname;
-  try {
-    path = decodeURIComponent(path);
-  } catch {
-    // Keep malformed escapes as written.
-  }
-  if (url.slice(url.indexOf("://") + 3) === "") {
-    return `file URL "${shown}" has no path`;
-  }
-  return { type: "file", url, path: resolve(path) };
+  const checked = backend.checkUrl(parsed, shown);
+  if (typeof checked === "string") return checked;
+  const replica: ReplicaConfig = { type: backend.type, url, settings: {} };
+  if (checked.path !== undefined) replica.path = resolve(checked.path);
+  return replica;
+}
+
+/** "a", "a and b", "a, b and c". */
+function listed(items: string[]): string {
+  return items.length < 2 ? items.join("") : `${items.slice(0, -1).join(", ")} and ${items.at(-1)}`;
+}
+
+function backendTypes(): string {
+  return BACKENDS.map((b) => b.type).join(", ");
 }
 
 /** Replaces the password part of a URL so it can be shown. */
@@ -498,18 +484,38 @@ function redactUrl(url: string): string {
   return url.replace(/^(\w+:\/\/[^/@]*?):[^/@]*@/, "$1:***@");
 }
 
-/** `~` or `~/…` becomes the home directory; the result is absolute against `cwd`. */
-function expandPath(path: string, cwd: string, home: string | undefined): string {
+/**
+ * `~` or `~/…` becomes the home directory; the result is absolute against `cwd`. `$HOME` is
+ * read only here, for a path that starts with `~`, so other paths need no env permission.
+ */
+function expandPath(path: string, cwd: string, home?: string): string {
   if (path === "~" || path.startsWith("~/")) {
+    home ??= homeDir();
     if (!home) throw new Error(`Cannot expand "${path}": no home directory ($HOME is not set)`);
     return resolve(home, path.slice(2));
   }
   return resolve(cwd, path);
 }
 
-/** `$HOME` (or `%USERPROFILE%`), if set. */
+/**
+ * `$HOME` (`%USERPROFILE%` on Windows), if set.
+ *
+ * @throws {Deno.errors.NotCapable} Without permission to read the variable.
+ */
 function homeDir(): string | undefined {
-  return Deno.env.get("HOME") || Deno.env.get("USERPROFILE") || undefined;
+  return Deno.env.get("HOME") ||
+    (Deno.build.os === "windows" ? Deno.env.get("USERPROFILE") : undefined) || undefined;
+}
+
+/**
+ * The variable's value if this process may read it, else `undefined`: asks nothing (a run
+ * without the permission is not interrupted by a prompt) and throws nothing.
+ */
+function grantedEnv(name: string): string | undefined {
+  if (Deno.permissions.querySync({ name: "env", variable: name }).state !== "granted") {
+    return undefined;
+  }
+  return Deno.env.get(name);
 }
 
 /** `Deno.env.get`, except names the OS cannot hold (like `a=b` from `${a=b}`) are unset. */
@@ -567,7 +573,7 @@ class ConfigParser {
     if (root === null || isScalar(root) && root.value === null) return config;
     const top = this.#entries(root, "the top level", TOP_KEYS);
 
-    const globalKeys: { accessKeyId?: string; secretAccessKey?: string } = {};
+    const globalKeys: GlobalKeys = {};
     let dbsEntry: Entry | undefined;
     for (const entry of top) {
       switch (entry.key) {
@@ -578,10 +584,10 @@ class ConfigParser {
           setIfDefined(config, "exec", this.#string(entry, entry.key) || undefined);
           break;
         case "access-key-id":
-          globalKeys.accessKeyId = this.#string(entry, entry.key) || undefined;
+          globalKeys["access-key-id"] = this.#string(entry, entry.key) || undefined;
           break;
         case "secret-access-key":
-          globalKeys.secretAccessKey = this.#string(entry, entry.key) || undefined;
+          globalKeys["secret-access-key"] = this.#string(entry, entry.key) || undefined;
           break;
         case "logging":
           config.logging = this.#logging(entry);
@@ -618,7 +624,7 @@ class ConfigParser {
     return logging;
   }
 
-  #dbs(entry: Entry, globalKeys: { accessKeyId?: string; secretAccessKey?: string }): DbConfig[] {
+  #dbs(entry: Entry, globalKeys: GlobalKeys): DbConfig[] {
     const dbs: DbConfig[] = [];
     const seen = new Map<string, string>();
     for (const [i, node] of this.#items(entry, "dbs")) {
@@ -637,7 +643,7 @@ class ConfigParser {
   #db(
     node: Node,
     where: string,
-    globalKeys: { accessKeyId?: string; secretAccessKey?: string },
+    globalKeys: GlobalKeys,
   ): { db: DbConfig; pathNode: Node } {
     const entries = this.#entries(node, where, DB_KEYS, "db");
     const db: DbConfig = { path: "", replicas: [] };
@@ -703,58 +709,47 @@ class ConfigParser {
   #replica(
     node: Node,
     where: string,
-    globalKeys: { accessKeyId?: string; secretAccessKey?: string },
+    globalKeys: GlobalKeys,
   ): { replica: ReplicaConfig; nameNode?: Node } {
-    // Keys are checked once the type is known: a key of an unsupported type is better
-    // explained by the type.
+    // Keys are checked once the type is known: a key of another type is better explained
+    // by the type.
     const entries = this.#uncheckedEntries(node, where);
     const get = (key: string) => entries.find((e) => e.key === key);
     const text = (key: string) => {
       const e = get(key);
       return e ? this.#string(e, `${where}.${key}`) || undefined : undefined;
     };
-    const flag = (key: string) => {
-      const e = get(key);
-      return e ? this.#bool(e, `${where}.${key}`) : undefined;
-    };
 
     // The type comes first: every other check depends on it. The URL scheme wins.
     const url = text("url");
     const typeKey = text("type");
-    let type: string;
     let fromUrl: ReplicaConfig | undefined;
     if (url !== undefined) {
       const checked = checkReplicaUrl(url);
       if (typeof checked === "string") this.#fail(get("url")!.value, `${where}.url: ${checked}`);
       fromUrl = checked;
-      type = checked.type;
-    } else {
-      type = typeKey ?? "file";
     }
-    if (UNSUPPORTED_TYPES.includes(type)) {
+    const type = fromUrl?.type ?? typeKey ?? "file";
+    const backend = backendOf(type);
+    if (!backend) {
       this.#fail(
         get("type")!.value,
-        `${where}.type: replica type "${type}" is not supported by this version`,
-      );
-    }
-    if (type !== "file" && type !== "s3") {
-      this.#fail(
-        get("type")!.value,
-        `${where}.type "${type}" is unknown (supported: ${SUPPORTED_TYPES.join(", ")})`,
+        `${where}.type "${type}" is unknown (supported: ${backendTypes()})`,
       );
     }
     this.#checkKeys(entries, where, REPLICA_KEYS, "replica");
-    if (type === "file") {
-      const s3Key = entries.find((e) => S3_KEYS.includes(e.key));
-      if (s3Key) {
-        this.#fail(
-          s3Key.keyNode,
-          `${where}.${s3Key.key} applies only to s3 replicas (set type: s3 or use an s3:// url)`,
-        );
-      }
+    for (const e of entries) {
+      if (!BACKEND_KEYS.has(e.key) || Object.hasOwn(backend.keys, e.key)) continue;
+      const owners = backendsWithKey(e.key).map((b) => b.type);
+      this.#fail(
+        e.keyNode,
+        `${where}.${e.key} applies only to ${listed(owners)} replicas (set type: ${
+          owners[0]
+        } or use an ${owners[0]}:// url)`,
+      );
     }
 
-    const replica: ReplicaConfig = { type };
+    const replica: ReplicaConfig = { type, settings: {} };
     const path = text("path");
     if (path !== undefined) {
       const pathNode = get("path")!.value;
@@ -763,33 +758,29 @@ class ConfigParser {
       }
       if (url !== undefined) this.#fail(pathNode, `${where} cannot set both url and path`);
     }
-    const bucket = text("bucket");
-    if (bucket !== undefined && url !== undefined) {
-      this.#fail(get("bucket")!.value, `${where} cannot set both url and bucket`);
-    }
     if (url !== undefined) replica.url = url;
-    if (type === "file") {
-      if (fromUrl?.path !== undefined) replica.path = fromUrl.path;
-      else if (path !== undefined) {
-        replica.path = this.#resolvePath(path, get("path")!.value, `${where}.path`);
-      } else this.#fail(node, `${where} is a file replica and needs a path or a url`);
-    } else {
-      if (url === undefined && bucket === undefined) {
-        this.#fail(node, `${where} is an s3 replica and needs a bucket or a url`);
-      }
-      setIfDefined(replica, "path", path);
-      setIfDefined(replica, "bucket", bucket);
-      setIfDefined(replica, "region", text("region"));
-      setIfDefined(replica, "endpoint", text("endpoint"));
-      setIfDefined(replica, "forcePathStyle", flag("force-path-style"));
-      setIfDefined(replica, "skipVerify", flag("skip-verify"));
-      setIfDefined(replica, "accessKeyId", text("access-key-id") ?? globalKeys.accessKeyId);
-      setIfDefined(
-        replica,
-        "secretAccessKey",
-        text("secret-access-key") ?? globalKeys.secretAccessKey,
-      );
+    if (fromUrl?.path !== undefined) replica.path = fromUrl.path;
+    else if (path !== undefined) {
+      replica.path = backend.localPath
+        ? this.#resolvePath(path, get("path")!.value, `${where}.path`)
+        : path;
     }
+    for (const [key, spec] of Object.entries(backend.keys)) {
+      const e = get(key);
+      const value = e
+        ? (spec.kind === "bool" ? this.#bool(e, `${where}.${key}`) : text(key))
+        : spec.global
+        ? globalKeys[key]
+        : undefined;
+      if (value !== undefined) replica.settings[key] = value;
+    }
+    const problem = backend.check({ url, path: replica.path, settings: replica.settings });
+    if (problem) {
+      const at = problem.key ? get(problem.key)?.value ?? node : node;
+      this.#fail(at, `${where} ${problem.message}`);
+    }
+    const ageEntry = get("age");
+    if (ageEntry) setIfDefined(replica, "age", this.#age(ageEntry, `${where}.age`));
 
     const name = text("name");
     setIfDefined(replica, "name", name);
@@ -812,6 +803,43 @@ class ConfigParser {
       if (ms !== undefined) replica[field] = ms;
     }
     return { replica, nameNode: name !== undefined ? get("name")!.value ?? undefined : undefined };
+  }
+
+  /**
+   * The `age` key: `identities` (secret keys, or identity files' text) to decrypt with and
+   * `recipients` (public keys) to encrypt to, as v0.3.13 reads it. Each key is checked for
+   * its form here, so that a typo is named with its line (never with its value).
+   */
+  #age(entry: Entry, where: string): ReplicaConfig["age"] {
+    if (this.#isNull(entry.value)) return undefined;
+    const age = { identities: [] as string[], recipients: [] as string[] };
+    for (const e of this.#entries(entry.value!, where, AGE_KEYS)) {
+      const list = e.key === "identities" ? age.identities : age.recipients;
+      for (const [i, item] of this.#items(e, `${where}.${e.key}`)) {
+        const key = `${where}.${e.key}[${i}]`;
+        const value = this.#string({ key: e.key, keyNode: e.keyNode, value: item }, key)?.trim();
+        if (!value) this.#fail(item, `${key} is empty`);
+        const ok = e.key === "recipients"
+          ? AGE_RECIPIENT_REGEXP.test(value)
+          : value.split("\n").some((l) => AGE_IDENTITY_REGEXP.test(l.trim()));
+        if (!ok) {
+          this.#fail(
+            item,
+            e.key === "recipients"
+              ? `${key} is not an age X25519 recipient ("age1…"): ${JSON.stringify(value)}`
+              : `${key} is not an age X25519 identity ("AGE-SECRET-KEY-1…")`,
+          );
+        }
+        list.push(value);
+      }
+    }
+    if (age.identities.length === 0 && age.recipients.length === 0) {
+      this.#fail(
+        entry.value,
+        `${where} needs identities (to restore) and recipients (to replicate)`,
+      );
+    }
+    return age;
   }
 
   /**
@@ -1030,14 +1058,6 @@ function lowerFirst(s: string): string {
 /** The message for a key that is not allowed, with the best hint we can give. */
 function unknownKeyMessage(key: string, where: string, allowed: string[], level?: string): string {
   const base = `unknown key "${key}" ${level === undefined ? "at" : "in"} ${where}`;
-  if (key === "age" && level === "replica") {
-    return `${base}: age encryption is not supported by this version, and replicating ` +
-      `without it would upload unencrypted backups`;
-  }
-  if (key in UNSUPPORTED_TYPE_KEYS && level === "replica") {
-    return `${base}: it configures ${UNSUPPORTED_TYPE_KEYS[key]} replicas, which this version ` +
-      `does not support`;
-  }
   const suggestion = closest(key, allowed);
   if (suggestion !== undefined) return `${base} (did you mean "${suggestion}"?)`;
   if (V05_KEYS.has(key)) return `${base} (a Litestream 0.5 setting; this version follows v0.3.13)`;

@@ -104,21 +104,25 @@ Deno.test("parseConfig() reads every v0.3.13 key into milliseconds and absolute 
             syncIntervalMs: 10_000,
             snapshotIntervalMs: 6 * 3_600_000,
             validationIntervalMs: 5_400_000,
-            region: "us-west-2",
-            endpoint: "http://localhost:9000",
-            forcePathStyle: true,
-            skipVerify: false,
-            accessKeyId: "AKIAGLOBAL",
-            secretAccessKey: "globalsecret",
+            settings: {
+              region: "us-west-2",
+              endpoint: "http://localhost:9000",
+              "force-path-style": true,
+              "skip-verify": false,
+              "access-key-id": "AKIAGLOBAL",
+              "secret-access-key": "globalsecret",
+            },
           },
           {
             type: "s3",
-            bucket: "other",
             path: "backups/app",
-            accessKeyId: "AKIAOWN",
-            secretAccessKey: "globalsecret",
+            settings: {
+              bucket: "other",
+              "access-key-id": "AKIAOWN",
+              "secret-access-key": "globalsecret",
+            },
           },
-          { type: "file", path: "/work/backups" },
+          { type: "file", path: "/work/backups", settings: {} },
         ],
       },
       { path: "/work/app/relative.db", replicas: [] },
@@ -142,7 +146,7 @@ Deno.test("parseConfig() leaves unset keys undefined so consumers apply defaults
   );
   assert.deepEqual(config.dbs, [{
     path: "/data/app.db",
-    replicas: [{ type: "file", path: "/b" }],
+    replicas: [{ type: "file", path: "/b", settings: {} }],
   }]);
   assert.equal(config.addr, undefined);
   assert.equal(config.exec, undefined);
@@ -157,7 +161,7 @@ Deno.test("parseConfig() takes the type from the URL scheme over the type key", 
     "        url: file:///var/backups/a",
   ]));
   assert.deepEqual(config.dbs[0].replicas, [
-    { type: "file", url: "file:///var/backups/a", path: "/var/backups/a" },
+    { type: "file", url: "file:///var/backups/a", path: "/var/backups/a", settings: {} },
   ]);
 });
 
@@ -175,10 +179,10 @@ Deno.test("parseConfig() reads YAML 1.1 booleans and bare integers like yaml.v2"
   assert.equal(config.dbs[0].monitorIntervalMs, 0);
   assert.equal(config.dbs[0].checkpointIntervalMs, 2_000);
   const [replica] = config.dbs[0].replicas;
-  assert.equal(replica.bucket, "0755"); // strings keep the text as written
+  assert.equal(replica.settings.bucket, "0755"); // strings keep the text as written
   assert.equal(replica.name, "off");
-  assert.equal(replica.forcePathStyle, true);
-  assert.equal(replica.skipVerify, false);
+  assert.equal(replica.settings["force-path-style"], true);
+  assert.equal(replica.settings["skip-verify"], false);
 });
 
 Deno.test("parseConfig() accepts `warning` as the warn level and treats empty values as unset", () => {
@@ -214,7 +218,7 @@ Deno.test("parseConfig() supports anchors, aliases and merge keys", () => {
   ]));
   assert.deepEqual(config.dbs[1].replicas, config.dbs[0].replicas);
   assert.deepEqual(config.dbs[2].replicas, [
-    { type: "s3", bucket: "bkt", path: "c", syncIntervalMs: 1_000 },
+    { type: "s3", path: "c", syncIntervalMs: 1_000, settings: { bucket: "bkt" } },
   ]);
 });
 
@@ -229,7 +233,7 @@ Deno.test("parseConfig() expands $VAR and ${VAR} before parsing, unset as empty"
   const config = parse(text, { DATA_DIR: "/srv", BUCKET: "prod-bkt", SECRET: "x/y+z" });
   assert.equal(config.dbs[0].path, "/srv/app.db");
   assert.equal(config.dbs[0].replicas[0].url, "s3://prod-bkt/app");
-  assert.equal(config.dbs[0].replicas[0].secretAccessKey, "x/y+z");
+  assert.equal(config.dbs[0].replicas[0].settings["secret-access-key"], "x/y+z");
 
   const raw = parseConfig(text, { path: FILE, expandEnv: false, env: () => "unused", cwd: CWD });
   assert.equal(raw.dbs[0].path, "/work/app/${DATA_DIR}/app.db");
@@ -535,7 +539,7 @@ Deno.test("parseConfig() rejects replicas missing their destination", () => {
   );
   assert.match(
     rejection(yaml(["dbs:", "  - path: /a.db", "    replicas:", "      - bucket: bkt"])),
-    /line 4: dbs\[0\]\.replicas\[0\]\.bucket applies only to s3 replicas \(set type: s3 or use an s3:\/\/ url\)/,
+    /line 4: dbs\[0\]\.replicas\[0\]\.bucket applies only to s3, gcs and abs replicas \(set type: s3 or use an s3:\/\/ url\)/,
   );
   assert.match(
     rejection(yaml(["dbs:", "  - path: /a.db", "    replicas:", "      - url: file://host/b"])),
@@ -547,28 +551,32 @@ Deno.test("parseConfig() rejects replicas missing their destination", () => {
   );
 });
 
-Deno.test("parseConfig() rejects replica types this version does not support", () => {
-  for (const type of ["gcs", "abs", "sftp"]) {
-    assert.equal(
-      rejection(
-        yaml([
-          "dbs:",
-          "  - path: /a.db",
-          "    replicas:",
-          "      - name: r",
-          `        type: ${type}`,
-        ]),
-      ),
-      `config "/etc/litestream.yml" line 5: dbs[0].replicas[0].type: replica type "${type}" is not supported by this version`,
-    );
-    assert.equal(
-      rejection(yaml(["dbs:", "  - path: /a.db", "    replicas:", `      - url: ${type}://bkt/a`])),
-      `config "/etc/litestream.yml" line 4: dbs[0].replicas[0].url: replica type "${type}" is not supported by this version`,
-    );
-  }
+Deno.test("parseConfig() reads every backend of the table and names keys of another backend", () => {
+  const config = parse(yaml([
+    "dbs:",
+    "  - path: /a.db",
+    "    replicas:",
+    "      - {type: sftp, host: 'h:2222', user: u, password: pw, key-path: /id, path: db}",
+    "      - url: sftp://u@h:2222/db",
+    "        name: sftp2",
+    "      - {type: gcs, bucket: b, path: db}",
+    "      - url: gcs://b/db",
+    "        name: gcs2",
+    "      - {type: abs, account-name: acct, account-key: k, bucket: c, endpoint: 'http://e'}",
+    "      - url: abs://acct@c/db",
+    "        name: abs2",
+  ]));
+  assert.deepEqual(config.dbs[0].replicas.map((r) => [r.type, r.settings]), [
+    ["sftp", { host: "h:2222", user: "u", password: "pw", "key-path": "/id" }],
+    ["sftp", {}],
+    ["gcs", { bucket: "b" }],
+    ["gcs", {}],
+    ["abs", { "account-name": "acct", "account-key": "k", bucket: "c", endpoint: "http://e" }],
+    ["abs", {}],
+  ]);
   assert.equal(
     rejection(yaml(["dbs:", "  - path: /a.db", "    replicas:", "      - type: ftp"])),
-    'config "/etc/litestream.yml" line 4: dbs[0].replicas[0].type "ftp" is unknown (supported: file, s3)',
+    'config "/etc/litestream.yml" line 4: dbs[0].replicas[0].type "ftp" is unknown (supported: file, s3, gcs, abs, sftp)',
   );
   assert.match(
     rejection(yaml(["dbs:", "  - path: /a.db", "    replicas:", "      - url: https://bkt/a"])),
@@ -584,22 +592,53 @@ Deno.test("parseConfig() rejects replica types this version does not support", (
         "        key-path: /id_rsa",
       ]),
     ),
-    /line 5: unknown key "key-path" in dbs\[0\]\.replicas\[0\]: it configures sftp replicas, which this version does not support/,
+    /line 5: dbs\[0\]\.replicas\[0\]\.key-path applies only to sftp replicas \(set type: sftp/,
+  );
+  assert.match(
+    rejection(yaml(["dbs:", "  - path: /a.db", "    replicas:", "      - {type: sftp, host: h}"])),
+    /line 4: dbs\[0\]\.replicas\[0\] is an sftp replica and needs a user/,
+  );
+  assert.match(
+    rejection(
+      yaml(["dbs:", "  - path: /a.db", "    replicas:", "      - {type: abs, password: x}"]),
+    ),
+    /password applies only to sftp replicas/,
   );
 });
 
-Deno.test("parseConfig() rejects age encryption rather than writing unencrypted backups", () => {
-  const text = yaml([
+Deno.test("parseConfig() reads age identities and recipients, and names a bad key without its value", () => {
+  const identity = "AGE-SECRET-KEY-1MZZ740SKSJ3JQD65JMVHJ5XR9GPN65CZAN55YHW9XRHRHRE60AQQYSLZAT";
+  const recipient = "age1u6n757lrm9pn6p7qhssjlr49mgxc0pguw8ry7jwy600sxzmcx58q6vunjh";
+  const config = parse(yaml([
     "dbs:",
     "  - path: /a.db",
     "    replicas:",
     "      - url: s3://bkt/a",
     "        age:",
-    "          recipients: [age1qyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqs3290gq]",
-  ]);
+    `          identities: [${identity}]`,
+    `          recipients: [${recipient}]`,
+  ]));
+  assert.deepEqual(config.dbs[0].replicas[0].age, {
+    identities: [identity],
+    recipients: [recipient],
+  });
+  const bad = rejection(yaml([
+    "dbs:",
+    "  - path: /a.db",
+    "    replicas:",
+    "      - path: /b",
+    "        age:",
+    `          identities: [${identity.slice(0, -1)}]`,
+  ]));
   assert.equal(
-    rejection(text),
-    'config "/etc/litestream.yml" line 5: unknown key "age" in dbs[0].replicas[0]: age encryption is not supported by this version, and replicating without it would upload unencrypted backups',
+    bad,
+    'config "/etc/litestream.yml" line 6: dbs[0].replicas[0].age.identities[0] is not an age X25519 identity ("AGE-SECRET-KEY-1…")',
+  );
+  assert.match(
+    rejection(
+      yaml(["dbs:", "  - path: /a.db", "    replicas:", "      - path: /b", "        age: {}"]),
+    ),
+    /line 5: dbs\[0\]\.replicas\[0\]\.age needs identities \(to restore\) and recipients/,
   );
 });
 
@@ -654,7 +693,7 @@ Deno.test("parseConfig() never puts a secret value in an error message", () => {
         "dbs:",
         "  - path: /a.db",
         "    replicas:",
-        `      - url: sftp://user:${"hunter2"}@host/a`,
+        `      - url: sftp://user:${"hunter2"}@/a`,
       ]),
       {},
     ],
@@ -762,40 +801,48 @@ Deno.test("replicaConfigFromUrl() turns file URLs and bare paths into absolute f
     type: "file",
     url: "file:///var/backups/db",
     path: "/var/backups/db",
+    settings: {},
   });
   assert.deepEqual(replicaConfigFromUrl("file:///tmp/my%20dir/../x", options).path, "/tmp/x");
   assert.deepEqual(replicaConfigFromUrl("backups/db", options), {
     type: "file",
     path: "/work/app/backups/db",
+    settings: {},
   });
   assert.deepEqual(replicaConfigFromUrl("~/backups", options), {
     type: "file",
     path: "/home/alice/backups",
+    settings: {},
   });
-  assert.deepEqual(replicaConfigFromUrl("/abs/dir/", options), { type: "file", path: "/abs/dir" });
+  assert.deepEqual(replicaConfigFromUrl("/abs/dir/", options), {
+    type: "file",
+    path: "/abs/dir",
+    settings: {},
+  });
 });
 
 Deno.test("replicaConfigFromUrl() keeps s3 URLs for the client to parse", () => {
   const replica = replicaConfigFromUrl("S3://mybkt.localhost:9000/dbs/app");
-  assert.deepEqual(replica, { type: "s3", url: "S3://mybkt.localhost:9000/dbs/app" });
   assert.equal(replica.syncIntervalMs, undefined);
+  assert.deepEqual(replica, { type: "s3", url: "S3://mybkt.localhost:9000/dbs/app", settings: {} });
 });
 
-Deno.test("replicaConfigFromUrl() throws UsageError naming an unknown or unsupported scheme", () => {
+Deno.test("replicaConfigFromUrl() throws UsageError naming an unknown scheme, or a URL without its host, and never shows a password", () => {
   assert.throws(() => replicaConfigFromUrl("ftp://host/a"), (err: unknown) => {
     assert.ok(err instanceof UsageError);
     assert.equal(
       err.message,
-      'unknown replica URL scheme "ftp" in "ftp://host/a" (supported: file, s3)',
+      'unknown replica URL scheme "ftp" in "ftp://host/a" (supported: file, s3, gcs, abs, sftp)',
     );
     return true;
   });
+  assert.deepEqual(replicaConfigFromUrl("gcs://bkt/a"), {
+    type: "gcs",
+    url: "gcs://bkt/a",
+    settings: {},
+  });
   assert.throws(
-    () => replicaConfigFromUrl("gcs://bkt/a"),
-    new UsageError('replica type "gcs" is not supported by this version'),
-  );
-  assert.throws(
-    () => replicaConfigFromUrl("sftp://me:hunter2@host/a"),
+    () => replicaConfigFromUrl("sftp://me:hunter2@/a"),
     (err: unknown) => err instanceof UsageError && !err.message.includes("hunter2"),
   );
   assert.throws(() => replicaConfigFromUrl("s3:///a"), /has no bucket/);
