@@ -26,6 +26,8 @@ function taskPermissions(task: string): string[] {
 /** `deno task replicate` and `deno task restore` grant less than `deno task litestream`. */
 const PERMISSIONS: Record<string, string[]> = {
   replicate: taskPermissions("replicate"),
+  /** `-exec` alone needs run access (see README "Permissions"). */
+  exec: [...taskPermissions("replicate"), "--allow-run"],
   restore: taskPermissions("restore"),
   other: taskPermissions("litestream"),
 };
@@ -60,7 +62,8 @@ interface Result {
 
 /** Spawns `main.ts <args>` with the permissions of the task `args[0]` belongs to. */
 function spawn(args: string[], options: RunOptions): Deno.ChildProcess {
-  const perms = options.permissions ?? PERMISSIONS[args[0]] ?? PERMISSIONS.other;
+  const task = args[0] === "replicate" && args.includes("-exec") ? "exec" : args[0];
+  const perms = options.permissions ?? PERMISSIONS[task] ?? PERMISSIONS.other;
   return new Deno.Command(Deno.execPath(), {
     args: ["run", ...perms, MAIN, ...args],
     cwd: options.cwd,
@@ -246,10 +249,10 @@ const REPLICATE_FAILURES: FailureCase[] = [
     names: ["ftp"],
   },
   {
-    name: "replicate exits 2 and names gcs as an unsupported replica type",
-    args: () => ["replicate", "app.db", "gcs://bucket/backups"],
+    name: "replicate exits 2 and names an unknown replica URL scheme",
+    args: () => ["replicate", "app.db", "ftp://bucket/backups"],
     code: 2,
-    names: ["gcs", "not supported"],
+    names: ["ftp", "unknown replica URL scheme"],
   },
   {
     name: "replicate exits 2 when a database path has no replica URL",
