@@ -21,6 +21,9 @@
  * descriptors of the database file while a {@linkcode Db} watches it with Deno file APIs:
  * closing any descriptor drops SQLite's POSIX locks (see the README).
  *
+ * Run as the main module (`deno run jsr:@x/litestream replicate …`, or `deno install -g`
+ * of the package), this module is the `litestream` command line; imported, it only exports.
+ *
  * @module
  */
 export { Db, type DbOptions } from "./src/db.ts";
@@ -53,3 +56,11 @@ export {
 export { formatPos, type Pos } from "./src/pos.ts";
 export { NoBackupError, ReplicaIntegrityError } from "./src/errors.ts";
 export { consoleSink, Logger } from "./src/log.ts";
+
+// The package's `.` export is what `deno run jsr:@x/litestream` and `deno install -g
+// jsr:@x/litestream` execute: be the CLI then. The import is dynamic so that importing the
+// library loads no CLI code.
+if (import.meta.main) {
+  const { main } = await import("./src/cli/main.ts");
+  Deno.exit(await main(Deno.args));
+}

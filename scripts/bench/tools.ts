@@ -37,12 +37,15 @@ export async function loadTools(): Promise<ToolSet> {
   };
 }
 
-/** The words between `deno run` and `main.ts` of a task, e.g. `["--allow-read", …]`. */
+/**
+ * The words between `deno run` and `main.ts` of a task, e.g. `["--allow-read", …]`. The
+ * tasks first `cd "$INIT_CWD"` and name `main.ts` by its absolute path (`"$R/main.ts"`).
+ */
 function taskFlags(task: unknown, name: string): string[] {
   const words = typeof task === "string" ? task.trim().split(/\s+/) : [];
-  const run = words.indexOf("run");
-  const main = words.indexOf("main.ts");
-  if (words[0] !== "deno" || run !== 1 || main < run) {
+  const run = words.findIndex((w, i) => w === "run" && words[i - 1] === "deno");
+  const main = words.findIndex((w) => /main\.ts"?$/.test(w));
+  if (run < 0 || main < run) {
     throw new Error(`Cannot read the flags of task "${name}" from deno.json: "${String(task)}"`);
   }
   return words.slice(run + 1, main);

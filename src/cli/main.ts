@@ -62,9 +62,9 @@ export async function main(args: string[]): Promise<number> {
     printError(`litestream: unknown command "${cmd}" (run 'litestream help' for usage)`);
     return 2;
   }
-  try {
-    applyLitestreamEnv();
-  } catch { /* no env permission: nothing to copy */ }
+  // Only with permission to all four variables: asking would interrupt a run that has no
+  // use for them (a file replica), and the S3 client applies the same rule by itself.
+  if (LITESTREAM_ENV.every(mayUseEnv)) applyLitestreamEnv();
   // Commands other than replicate log to stderr, so their stdout stays machine-readable.
   const log = new Logger(consoleSink({ level: "info", stderr: cmd !== "replicate" }));
   try {
@@ -77,6 +77,19 @@ export async function main(args: string[]): Promise<number> {
     printError(`litestream: ${describeAll(err)}`);
     return findCause(err, UsageError) ? 2 : 1;
   }
+}
+
+/** The variables {@linkcode applyLitestreamEnv} reads and writes. */
+const LITESTREAM_ENV = [
+  "LITESTREAM_ACCESS_KEY_ID",
+  "LITESTREAM_SECRET_ACCESS_KEY",
+  "AWS_ACCESS_KEY_ID",
+  "AWS_SECRET_ACCESS_KEY",
+];
+
+/** True if the process may read and set `name`; asks nothing. */
+function mayUseEnv(name: string): boolean {
+  return Deno.permissions.querySync({ name: "env", variable: name }).state === "granted";
 }
 
 /**
