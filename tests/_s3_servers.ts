@@ -20,8 +20,10 @@ import { Buffer } from "node:buffer";
 import * as http from "node:http";
 import * as https from "node:https";
 import { fileURLToPath } from "node:url";
-import { startFauxqs } from "fauxqs";
-import denoJson from "../deno.json" with { type: "json" };
+// A test-only package: imported here by its full specifier, and locked in tests/deno.lock
+// (the test and check tasks' lock file), so that `deno task replicate` never downloads it.
+// deno-lint-ignore no-import-prefix
+import { startFauxqs } from "npm:fauxqs@2.4.1";
 import type { S3ReplicaClientOptions } from "../src/clients/s3.ts";
 
 /** S3 server implementations the tests can start. */
@@ -53,8 +55,8 @@ const BUCKET = "litestream-test";
 const OTHER_REGION = "eu-west-2";
 const OTHER_REGION_BUCKET = "litestream-test-eu";
 const START_TIMEOUT_MS = 30_000;
-/** The fauxqs version deno.json imports (`npm:fauxqs@VERSION`). */
-const FAUXQS_VERSION = /@([^/@]+)$/.exec(denoJson.imports.fauxqs)?.[1] ?? "unknown";
+/** The fauxqs version imported above. */
+const FAUXQS_VERSION = "2.4.1";
 const enc = new TextEncoder();
 
 /** All server kinds, in the order tests run them. */

@@ -464,4 +464,23 @@ Deno.test("the main job's first run downloads no test-only package", async () =>
   const npm = `${denoDir.path}/npm/registry.npmjs.org`;
   await Deno.stat(`${npm}/yaml`); // it did download into this DENO_DIR
   await assert.rejects(Deno.stat(`${npm}/fauxqs`), Deno.errors.NotFound);
+
+  // `deno task` installs all of deno.lock first: the main job's lock holds no test package.
+  const lock = await Deno.readTextFile(`${REPO}/deno.lock`);
+  assert.ok(!lock.includes("fauxqs"), "deno.lock names fauxqs: run tests with `deno task test`");
+  await using taskDir = await tempDir();
+  const viaTask = await ok(
+    DENO,
+    ["task", "--config", `${REPO}/deno.json`, "litestream", "version"],
+    {
+      cwd: dir.path,
+      env: { DENO_DIR: taskDir.path, INIT_CWD: dir.path },
+    },
+  );
+  assert.equal(viaTask.trim().split("\n").at(-1), "v0.1.0");
+  await Deno.stat(`${taskDir.path}/npm/registry.npmjs.org/yaml`);
+  await assert.rejects(
+    Deno.stat(`${taskDir.path}/npm/registry.npmjs.org/fauxqs`),
+    Deno.errors.NotFound,
+  );
 });
