@@ -427,10 +427,11 @@ export class Replica implements AsyncDisposable {
       const status = restored === point.sha256 ? "ok" : "error";
       this.metrics.validations[status]++;
       if (status === "ok") this.#lastValidated = point.pos;
+      // Not `db` and `replica`: those fields of the logger name the database and replica.
       const fields = {
         pos: formatPos(point.pos),
-        db: point.sha256.slice(0, 16),
-        replica: restored.slice(0, 16),
+        dbSha256: point.sha256.slice(0, 16),
+        replicaSha256: restored.slice(0, 16),
       };
       if (status === "ok") this.log.info("validation ok", fields);
       else this.log.error("validation failed: replica differs from database", fields);
