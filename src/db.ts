@@ -20,7 +20,13 @@
  *
  * @module
  */
-import { decodeWalHeader, isNextWalHeader, isValidWalHeader, WAL_HEADER_SIZE } from "./wal.ts";
+import {
+  decodeWalHeader,
+  isNextWalHeader,
+  isValidWalHeader,
+  WAL_HEADER_SIZE,
+  type WalHeader,
+} from "./wal.ts";
 import { defaultMetaPath } from "./layout.ts";
 import { formatPos, MAX_INDEX, type Pos } from "./pos.ts";
 import { type CheckpointMode, Connection, probeDatabaseFile } from "./sqlite.ts";
@@ -256,14 +262,19 @@ export class Db implements AsyncDisposable {
         verdict = this.#verify(wal.bytes, wal.size);
       }
       this.#forceNewGeneration = undefined;
+      // Finish the old life from its intact tail (unless our read transaction already
+      // guaranteed it complete); if the new life overwrote part of it, start over.
+      if (
+        verdict.kind === "next" && !this.#continuous &&
+        this.#copyEndedLife(decodeWalHeader(wal.bytes)) < 0
+      ) {
+        verdict = { kind: "new", reason: "wal restarted while stopped, over its last frames" };
+      }
       if (verdict.kind === "new") {
         await this.#createGeneration(verdict.reason, wal.bytes);
         changed = true;
       } else {
         if (verdict.kind === "next") {
-          // Finish the old life from its intact tail (unless our read transaction already
-          // guaranteed it complete), then follow the new one.
-          if (!this.#continuous) this.#copy();
           await shadow.startIndex(shadow.index! + 1, wal.bytes);
           changed = true;
         }
@@ -452,6 +463,13 @@ export class Db implements AsyncDisposable {
         this.log.debug("copied frames", { pos: formatPos(this.pos()!), bytes: n });
       }
     }
+    return n;
+  }
+
+  /** Copies the rest of a WAL life that ended while we were stopped (see ShadowWal.appendEndedLife). */
+  #copyEndedLife(next: WalHeader): number {
+    const n = this.#shadow.appendEndedLife(this.walPath, this.#scratch, next);
+    if (n > 0) this.metrics.totalWalBytes += n;
     return n;
   }
 

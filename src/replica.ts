@@ -254,15 +254,17 @@ export class Replica implements AsyncDisposable {
    * Uploads the shadow WAL from the replica's position to its end. With `batch`, frames that
    * arrive in the same WAL index while a segment uploads are left for the next pass, which
    * the monitor runs `syncIntervalMs` later: during a burst of commits this batches them
-   * into one segment per interval instead of one per upload.
+   * into one segment per interval instead of one per upload. With `untilIndex`, stops at
+   * the start of that WAL index.
    */
-  async #upload(options: CallOptions, batch = false): Promise<void> {
+  async #upload(options: CallOptions, batch = false, untilIndex = Infinity): Promise<void> {
     let lastIndex: number | undefined;
     for (;;) {
       options.signal?.throwIfAborted();
       const pos = this.#pos!;
       const dpos = this.db.pos();
       if (!dpos || dpos.generation !== pos.generation) return;
+      if (pos.index >= untilIndex) return;
       const end = this.db.shadow.end(pos.generation, pos.index);
       if (pos.offset >= end) {
         if (pos.index < dpos.index) {
@@ -321,6 +323,19 @@ export class Replica implements AsyncDisposable {
       // Upload this WAL index from offset 0 up to now before the snapshot itself: a restore
       // from the snapshot always replays it, which also repairs pages a checkpoint by
       // another process wrote while we read the database file.
+      // First finish the earlier indexes: a restore from an older snapshot crosses them.
+      // (If their shadow files are gone, they cannot be finished: such a restore then fails
+      // on the gap, naming it, and this snapshot is where restores start again.)
+      if (this.#pos && this.#pos.generation === pos.generation && this.#pos.index < pos.index) {
+        try {
+          await this.#upload(options, false, pos.index);
+        } catch (err) {
+          if (!(err instanceof Deno.errors.NotFound)) throw err;
+          this.log.warn("snapshot follows an index the shadow wal no longer holds", {
+            pos: formatPos(this.#pos),
+          });
+        }
+      }
       if (!this.#pos || this.#pos.generation !== pos.generation || this.#pos.index !== pos.index) {
         // Continue after what an interrupted run already stored for this index: uploading
         // it again from offset 0 would leave segments that overlap.

@@ -33,7 +33,7 @@ import {
 import { formatWalSegmentName } from "./layout.ts";
 import { hex8 } from "./pos.ts";
 import { NoBackupError, ReplicaIntegrityError } from "./errors.ts";
-import { absPath, dirname, exists, fsyncDir, readAt, writeAll } from "./internal/fs.ts";
+import { absPath, basename, dirname, exists, fsyncDir, readAt, writeAll } from "./internal/fs.ts";
 import { type Logger, silentLogger } from "./log.ts";
 import { Connection } from "./sqlite.ts";
 import { lz4DecompressParallel } from "./internal/lz4_pool.ts";
@@ -222,9 +222,10 @@ function checkSegmentsContinuity(gen: string, from: number, segments: WalSegment
 /**
  * Restores a database from `client` into `options.outputPath`, which must not exist.
  *
- * Writes to a temporary file beside it, applies the WAL after validating every checksum,
- * checks `PRAGMA integrity_check`, then links the file into place (atomically refusing to
- * replace a file created meanwhile).
+ * Writes to a hidden temporary file beside it, applies the WAL after validating every
+ * checksum, checks `PRAGMA integrity_check`, then links the file into place (atomically
+ * refusing to replace a file created meanwhile). First removes what restores killed earlier
+ * left in the output's directory ({@linkcode removeAbandonedRestores}).
  *
  * @throws {NoBackupError} If the replica has nothing matching.
  * @throws {ReplicaIntegrityError} If a piece of the replica is missing or corrupt.
@@ -243,8 +244,12 @@ export async function restore(
   if (!(await exists(dirname(out)))) {
     throw new Deno.errors.NotFound(`Cannot restore to "${out}": directory does not exist`);
   }
+  for (const path of await removeAbandonedRestores(dirname(out))) {
+    log.info("removed files of an interrupted restore", { path });
+  }
   const target = await calcRestoreTarget(client, options);
-  const tmp = `${out}.${crypto.randomUUID().slice(0, 8)}.tmp`;
+  const work = await claimWorkFiles(out);
+  const tmp = work.path;
   const t0 = performance.now();
   let bytes = 0;
   let index = target.snapshot.index;
@@ -261,8 +266,12 @@ export async function restore(
     const segs = target.segments;
     const pending = segs.map(() => undefined as Promise<Uint8Array> | undefined);
     const prefetch = (i: number) => {
-      if (segs[i].size <= PREFETCH_MAX_SEGMENT_BYTES) {
-        pending[i] ??= client.openWalSegment(segs[i], { signal }).then(readAll);
+      if (segs[i].size <= PREFETCH_MAX_SEGMENT_BYTES && !pending[i]) {
+        const p = client.openWalSegment(segs[i], { signal }).then(readAll);
+        // Awaited in order below; one never reached (an earlier one failed) must not end the
+        // process as an unhandled rejection.
+        p.catch(() => {});
+        pending[i] = p;
       }
     };
     let i = 0;
@@ -330,11 +339,10 @@ export async function restore(
     file.close();
     // link() fails if the output appeared meanwhile: we never replace a file.
     await Deno.link(tmp, out);
-    await Deno.remove(tmp);
+    await work.release();
     await fsyncDir(dirname(out));
-  } catch (err) {
-    for (const p of [tmp, `${tmp}-wal`, `${tmp}-shm`]) await Deno.remove(p).catch(() => {});
-    throw err;
+  } finally {
+    await work.release();
   }
   log.info("restored", {
     generation: target.generation,
@@ -342,6 +350,110 @@ export async function restore(
     elapsedMs: Math.round(performance.now() - t0),
   });
   return { ...target, outputPath: out, index, bytes };
+}
+
+/**
+ * A restore's files are `<dir>/.<output name>-restore-<8 hex>` (the database being built)
+ * with SQLite's and our suffixes, plus `….lock`: created first and removed last, and locked
+ * (flock) by the restoring process for as long as it runs, so the kernel releases the lock
+ * when that process dies, however it dies.
+ */
+const WORK_LOCK_REGEXP = /^\..+-restore-[0-9a-f]{8}\.lock$/;
+const WORK_LOCK_EXT = ".lock";
+const WORK_SUFFIXES = ["", "-wal", "-shm", "-journal", "-spool"];
+
+/** The temporary files of one running restore. */
+interface WorkFiles {
+  /** Path of the database being built; SQLite's `-wal`/`-shm` and our `-spool` go beside it. */
+  readonly path: string;
+  /** Removes the files and then the lock file, and releases the lock; runs once. */
+  release(): Promise<void>;
+}
+
+/**
+ * Creates and locks the lock file of a new restore into `out`.
+ *
+ * A restore cleaning up at the same moment may take the lock between our create and our
+ * lock and remove the file; then the name no longer leads to the file we locked, and we
+ * start over with a new name.
+ */
+async function claimWorkFiles(out: string): Promise<WorkFiles> {
+  for (;;) {
+    const path = `${dirname(out)}/.${basename(out)}-restore-${crypto.randomUUID().slice(0, 8)}`;
+    const lockPath = path + WORK_LOCK_EXT;
+    const lock = await Deno.open(lockPath, { write: true, createNew: true, mode: 0o600 });
+    let ours = false;
+    try {
+      try {
+        await lock.lock(true);
+      } catch {
+        // A file system without flock: no cleanup can take it from us either.
+      }
+      const [held, named] = [await lock.stat(), await Deno.stat(lockPath).catch(() => undefined)];
+      ours = named !== undefined && named.ino === held.ino && named.dev === held.dev;
+    } finally {
+      if (!ours) lock.close();
+    }
+    if (!ours) continue;
+    let released: Promise<void> | undefined;
+    const release = () =>
+      released ??= (async () => {
+        try {
+          for (const s of WORK_SUFFIXES) await removeIfExists(path + s);
+          await removeIfExists(lockPath);
+        } finally {
+          lock.close();
+        }
+      })();
+    return { path, release };
+  }
+}
+
+/**
+ * Removes the temporary files that restores into `dir` left behind when they were killed
+ * (their lock file is no longer locked). A running restore's files are never touched.
+ *
+ * @returns The temporary database paths whose files were removed.
+ */
+export async function removeAbandonedRestores(dir: string): Promise<string[]> {
+  const removed: string[] = [];
+  let entries: Deno.DirEntry[];
+  try {
+    entries = await Array.fromAsync(Deno.readDir(dir));
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return removed;
+    throw err;
+  }
+  for (const e of entries) {
+    if (!e.isFile || !WORK_LOCK_REGEXP.test(e.name)) continue;
+    const lockPath = `${dir}/${e.name}`;
+    let lock: Deno.FsFile;
+    try {
+      lock = await Deno.open(lockPath, { read: true });
+    } catch (err) {
+      if (err instanceof Deno.errors.NotFound) continue; // its owner finished meanwhile
+      throw err;
+    }
+    try {
+      // Locked: its restore is running. No flock here: nobody can tell, leave it.
+      if (!(await lock.tryLock(true).catch(() => false))) continue;
+      const path = lockPath.slice(0, -WORK_LOCK_EXT.length);
+      for (const s of WORK_SUFFIXES) await removeIfExists(path + s);
+      await removeIfExists(lockPath);
+      removed.push(path);
+    } finally {
+      lock.close();
+    }
+  }
+  return removed;
+}
+
+async function removeIfExists(path: string): Promise<void> {
+  try {
+    await Deno.remove(path);
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) throw err;
+  }
 }
 
 function segName(s: WalSegmentInfo): string {

@@ -7,10 +7,12 @@
  * @module
  */
 import {
+  decodeWalFrameHeader,
   decodeWalHeader,
   frameAlign,
   isValidWalHeader,
   scanWalFrames,
+  WAL_FRAME_HEADER_SIZE,
   WAL_HEADER_SIZE,
   walFrameSize,
   type WalHeader,
@@ -250,11 +252,42 @@ export class ShadowWal implements ShadowWalReader {
   append(walPath: string, scratch: Scratch): number {
     const sh = this.#state!;
     using wal = Deno.openSync(walPath, { read: true });
-    const walSize = wal.statSync().size;
     scratch.reset();
     // SQLite writes a restarted WAL's header before any of its frames: read it first.
     if (!bytesEqual(readAtSync(wal, 0, WAL_HEADER_SIZE, scratch), sh.headerBytes)) return -1;
+    return this.#appendScanned(
+      wal,
+      scanFile(wal, sh.size, wal.statSync().size, sh.header, sh.checksum, scratch),
+      scratch,
+    );
+  }
+
+  /**
+   * Appends what is left of the life the current file copies, after the WAL restarted into
+   * the life of `next` while no read transaction of ours held it (we were stopped): its
+   * committed frames still in the WAL file past the shadow's end. The new life overwrites
+   * the file from its start; if it has reached the end of the old frames we read (the frame
+   * there carries its salts), earlier ones may have been overwritten before we read them,
+   * and nothing is appended.
+   *
+   * @returns the bytes appended, or -1 if the new life reached them
+   */
+  appendEndedLife(walPath: string, scratch: Scratch, next: WalHeader): number {
+    const sh = this.#state!;
+    using wal = Deno.openSync(walPath, { read: true });
+    const walSize = wal.statSync().size;
+    scratch.reset();
     const scan = scanFile(wal, sh.size, walSize, sh.header, sh.checksum, scratch);
+    const after = readAtSync(wal, scan.end, WAL_FRAME_HEADER_SIZE);
+    if (after.length === WAL_FRAME_HEADER_SIZE) {
+      const f = decodeWalFrameHeader(after);
+      if (f.salt1 === next.salt1 && f.salt2 === next.salt2) return -1;
+    }
+    return this.#appendScanned(wal, scan, scratch);
+  }
+
+  #appendScanned(wal: Deno.FsFile, scan: Scan, scratch: Scratch): number {
+    const sh = this.#state!;
     if (scan.end <= sh.size) return 0;
     const n = scan.end - sh.size;
     const path = this.path(this.#generation!, sh.index);

@@ -128,4 +128,3 @@ async function build(dc: DbConfig, log: Logger): Promise<{ db: Db; replicas: Rep
   }
   return { db, replicas };
 }
-

@@ -141,6 +141,37 @@ Deno.test("restore() rejects a corrupt WAL segment", async () => {
   );
 });
 
+Deno.test("restore() fails with one error when several segments downloaded ahead fail", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path);
+  await using w = new Writer(fx.path);
+  for (let i = 0; i < 6; i++) {
+    await w.exec(`INSERT INTO t (v) VALUES ('row ${i}')`);
+    await fx.sync();
+  }
+  // Every WAL download fails (as a dropped connection would): the ones fetched ahead and
+  // never awaited must not end the process as unhandled rejections.
+  const failing = new Proxy(fx.client, {
+    get(target, key) {
+      if (key === "openWalSegment") {
+        return (pos: { offset: number }) => Promise.reject(new Error(`injected at ${pos.offset}`));
+      }
+      const value = Reflect.get(target, key);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+  await assert.rejects(
+    restore(failing, { outputPath: `${dir.path}/r.db`, parallelism: 8 }),
+    /injected at 0/,
+  );
+  assert.deepEqual(
+    (await Array.fromAsync(Deno.readDir(dir.path))).map((e) => e.name).filter((n) =>
+      n.startsWith("r.db") || n.startsWith(".r.db")
+    ),
+    [],
+  );
+});
+
 Deno.test("restore() never overwrites an existing file", async () => {
   await using dir = await tempDir();
   await using fx = await openTestDb(dir.path);

@@ -37,11 +37,27 @@ export const absBackend: Backend = {
       const fromUrl = replica.url ? abs.parseAbsUrl(replica.url) : undefined;
       const accountName = str(s["account-name"]) ?? fromUrl?.accountName;
       if (!accountName) throw new RangeError("abs replica needs an account-name");
+      const bucket = fromUrl?.bucket ?? str(s.bucket) ?? "";
+      const path = fromUrl?.path ?? replica.path ?? "";
+      let accountKey = str(s["account-key"]);
+      if (accountKey === undefined) {
+        try {
+          accountKey = Deno.env.get(abs.ACCOUNT_KEY_ENV);
+        } catch (err) {
+          if (!(err instanceof Deno.errors.NotCapable)) throw err;
+          // Read here rather than by the client, which takes a variable it may not read for
+          // unset, and would then ask the user to set what may well be set.
+          const where = `abs://${accountName}@${bucket}${path ? `/${path}` : ""}`;
+          throw new Error(`Cannot read the account key of abs replica "${where}"`, {
+            cause: err,
+          });
+        }
+      }
       return new abs.AbsReplicaClient({
         accountName,
-        accountKey: str(s["account-key"]),
-        bucket: fromUrl?.bucket ?? str(s.bucket) ?? "",
-        path: fromUrl?.path ?? replica.path ?? "",
+        accountKey,
+        bucket,
+        path,
         endpoint: str(s.endpoint),
       });
     } catch (err) {

@@ -28,14 +28,20 @@ export const gcsBackend: Backend = {
   },
   async create(replica) {
     const gcs = await import("../clients/gcs.ts");
+    let options: { bucket: string; path?: string } | undefined;
     try {
-      const options = replica.url
+      options = replica.url
         ? gcs.parseGcsUrl(replica.url)
         : { bucket: str(replica.settings.bucket) ?? "", path: replica.path ?? "" };
       return new gcs.GcsReplicaClient(options);
     } catch (err) {
       if (err instanceof RangeError || err instanceof SyntaxError) {
         throw new UsageError(err.message, { cause: err });
+      }
+      if (options && err instanceof Deno.errors.NotCapable) {
+        // The constructor reads STORAGE_EMULATOR_HOST: name the replica that needs it.
+        const where = `gcs://${options.bucket}${options.path ? `/${options.path}` : ""}`;
+        throw new Error(`Cannot set up gcs replica "${where}"`, { cause: err });
       }
       throw err;
     }

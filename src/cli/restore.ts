@@ -14,11 +14,12 @@ import {
 import {
   calcRestoreTarget,
   DEFAULT_RESTORE_PARALLELISM,
+  removeAbandonedRestores,
   restore,
   type RestoreTarget,
 } from "../restore.ts";
 import { NoBackupError, UsageError } from "../errors.ts";
-import { absPath, exists } from "../internal/fs.ts";
+import { absPath, dirname, exists } from "../internal/fs.ts";
 import type { Logger } from "../log.ts";
 
 export const FLAGS = {
@@ -91,6 +92,10 @@ export async function run(args: string[], log: Logger): Promise<number> {
   const output = values.o ?? target.db?.path;
   if (output === undefined) throw new UsageError("Output path required: use -o PATH");
   const outPath = absPath(output);
+  // Even when nothing is restored now, what a killed restore left beside the output goes.
+  for (const path of await removeAbandonedRestores(dirname(outPath))) {
+    log.info("removed files of an interrupted restore", { path });
+  }
   if (await exists(outPath)) {
     if (values["if-db-not-exists"]) {
       log.info("database already exists, skipping", { output: outPath });
