@@ -397,7 +397,13 @@ export async function loadConfig(path: string, options: LoadConfigOptions = {}):
     }
     throw new ConfigError(`cannot read config file "${file}"`, { cause: err });
   }
-  return parseConfig(text, { path: file, expandEnv: options.expandEnv, cwd });
+  try {
+    return parseConfig(text, { path: file, expandEnv: options.expandEnv, cwd });
+  } catch (err) {
+    if (err instanceof ConfigError) throw err;
+    // Not the file's fault (the YAML parser reads two variables, which may be refused).
+    throw new ConfigError(`cannot parse config file "${file}"`, { cause: err });
+  }
 }
 
 /**
@@ -462,6 +468,11 @@ function checkReplicaUrl(url: string): ReplicaConfig | string {
     parsed = new URL(url);
   } catch {
     return `replica URL "${shown}" is malformed`;
+  }
+  try {
+    decodeURIComponent(parsed.pathname); // every backend decodes the path
+  } catch {
+    return `replica URL "${shown}" has a malformed %-escape in its path`;
   }
   const checked = backend.checkUrl(parsed, shown);
   if (typeof checked === "string") return checked;

@@ -13,6 +13,7 @@ import * as replicate from "./replicate.ts";
 import * as restore from "./restore.ts";
 import * as listing from "./listing.ts";
 import * as databases from "./databases.ts";
+import * as verify from "./verify.ts";
 import * as version from "./version.ts";
 import { applyLitestreamEnv } from "../clients/env.ts";
 
@@ -25,6 +26,7 @@ const COMMANDS: Record<
   replicate: { usage: replicate.usage, run: replicate.run },
   restore: { usage: restore.usage, run: restore.run },
   snapshots: { usage: listing.snapshotsUsage, run: (a) => listing.runSnapshots(a) },
+  verify: { usage: verify.usage, run: verify.run },
   version: { usage: version.usage, run: version.run },
   wal: { usage: listing.walUsage, run: (a) => listing.runWal(a) },
 };
@@ -42,6 +44,7 @@ The commands are:
 	replicate    runs a server to replicate databases
 	restore      recovers database backup from a replica
 	snapshots    list available snapshots for a database
+	verify       checks that a replica restores and matches its database
 	version      prints the binary version
 	wal          list available WAL files for a database
 `;
