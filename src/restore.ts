@@ -11,14 +11,13 @@
  * @module
  */
 import {
-  readAll,
   type ReplicaClient,
   type SnapshotInfo,
   sortedSnapshots,
   sortedWalSegments,
   type WalSegmentInfo,
 } from "./replica_client.ts";
-import { lz4Decompress, lz4DecompressStream, Lz4FrameDecoder } from "./lz4.ts";
+import { decodeBlockInto, LZ4_BLOCK_SIZE, Lz4FrameDecoder, Lz4FrameReader, Xxh32 } from "./lz4.ts";
 import { concat } from "./internal/bytes.ts";
 import {
   decodeDbPageSize,
@@ -33,7 +32,7 @@ import {
 import { formatWalSegmentName } from "./layout.ts";
 import { hex8 } from "./pos.ts";
 import { NoBackupError, ReplicaIntegrityError } from "./errors.ts";
-import { absPath, basename, dirname, exists, fsyncDir, readAt, writeAll } from "./internal/fs.ts";
+import { absPath, basename, dirname, exists, fsyncDir, writeAllSync } from "./internal/fs.ts";
 import { type Logger, silentLogger } from "./log.ts";
 import { Connection } from "./sqlite.ts";
 import { lz4DecompressParallel } from "./internal/lz4_pool.ts";
@@ -41,8 +40,8 @@ import { lz4DecompressParallel } from "./internal/lz4_pool.ts";
 export const DEFAULT_RESTORE_PARALLELISM = 8;
 /** Snapshots stored in at least this many bytes are decoded by a pool of Workers. */
 const PARALLEL_SNAPSHOT_BYTES = 4 << 20;
-/** Bytes asked for at once when reading a snapshot from a byte stream. */
-const READ_CHUNK_BYTES = 1 << 20;
+/** Bytes read at once from a snapshot or a large WAL segment. */
+const READ_CHUNK_BYTES = 256 << 10;
 
 /** What to restore. */
 export interface RestoreTargetOptions {
@@ -222,8 +221,9 @@ function checkSegmentsContinuity(gen: string, from: number, segments: WalSegment
 /**
  * Restores a database from `client` into `options.outputPath`, which must not exist.
  *
- * Writes to a hidden temporary file beside it, applies the WAL after validating every
- * checksum, checks `PRAGMA integrity_check`, then links the file into place (atomically
+ * Writes to a hidden temporary file beside it, applies the WAL (each frame's salts and
+ * checksum validated before its page is written), checks `PRAGMA integrity_check`, then
+ * links the file into place (atomically
  * refusing to replace a file created meanwhile). First removes what restores killed earlier
  * left in the output's directory ({@linkcode removeAbandonedRestores}).
  *
@@ -260,75 +260,9 @@ export async function restore(
     });
     const pageSize = await writeSnapshot(client, target, tmp, signal);
     using file = await Deno.open(tmp, { read: true, write: true });
-    // Download ahead in parallel (small segments only, so memory stays bounded), apply
-    // strictly in order, streaming each segment through a validating applier.
-    const par = Math.max(1, options.parallelism ?? DEFAULT_RESTORE_PARALLELISM);
-    const segs = target.segments;
-    const pending = segs.map(() => undefined as Promise<Uint8Array> | undefined);
-    const prefetch = (i: number) => {
-      if (segs[i].size <= PREFETCH_MAX_SEGMENT_BYTES && !pending[i]) {
-        const p = client.openWalSegment(segs[i], { signal }).then(readAll);
-        // Awaited in order below; one never reached (an earlier one failed) must not end the
-        // process as an unhandled rejection.
-        p.catch(() => {});
-        pending[i] = p;
-      }
-    };
-    let i = 0;
-    while (i < segs.length) {
-      const idx = segs[i].index;
-      const applier = new WalIndexApplier(file, pageSize, target.generation, idx, `${tmp}-spool`);
-      // With an offset, the index's last segment may run past it: keep only what precedes it.
-      const stopAt = options.offset !== undefined && idx === options.index
-        ? options.offset
-        : Infinity;
-      const limit = (chunk: Uint8Array) =>
-        chunk.subarray(0, Math.max(0, Math.min(chunk.length, stopAt - applier.length)));
-      try {
-        for (; i < segs.length && segs[i].index === idx; i++) {
-          for (let k = i; k < Math.min(segs.length, i + par); k++) prefetch(k);
-          const seg = segs[i];
-          if (seg.offset !== applier.length) {
-            throw new ReplicaIntegrityError(
-              seg.offset > applier.length
-                ? `Replica is missing WAL bytes ${applier.length}..${seg.offset} of index ${
-                  hex8(idx)
-                } in generation "${target.generation}" (before ${segName(seg)})`
-                : `WAL segment ${segName(seg)} overlaps the previous segment`,
-            );
-          }
-          const compressed = pending[i];
-          pending[i] = undefined; // free memory once consumed
-          try {
-            if (compressed) {
-              await applier.push(limit(lz4Decompress(await compressed)));
-            } else {
-              const stream = (await client.openWalSegment(seg, { signal }))
-                .pipeThrough(lz4DecompressStream());
-              for await (const chunk of stream) await applier.push(limit(chunk));
-            }
-          } catch (err) {
-            if (!(err instanceof SyntaxError)) throw err;
-            throw new ReplicaIntegrityError(`WAL segment ${segName(seg)} is corrupt`, {
-              cause: err,
-            });
-          }
-        }
-        if (stopAt !== Infinity && applier.length < stopAt) {
-          throw new NoBackupError(
-            `Replica holds WAL index ${
-              hex8(idx)
-            } of generation "${target.generation}" up to ${applier.length}, not ${stopAt}`,
-          );
-        }
-        bytes += applier.length;
-        await applier.finish();
-      } finally {
-        await applier.dispose();
-      }
-      index = idx;
-      log.debug("applied wal", { index: hex8(idx) });
-    }
+    const wal = await applyWal(client, target, file, pageSize, options);
+    bytes += wal.bytes;
+    index = wal.index ?? index;
     // The check reads what the kernel holds while the data goes to disk; both must pass.
     const synced = file.sync();
     try {
@@ -354,7 +288,8 @@ export async function restore(
 
 /**
  * A restore's files are `<dir>/.<output name>-restore-<8 hex>` (the database being built)
- * with SQLite's and our suffixes, plus `….lock`: created first and removed last, and locked
+ * with SQLite's suffixes (and `-spool`, which earlier versions wrote), plus
+ * `….lock`: created first and removed last, and locked
  * (flock) by the restoring process for as long as it runs, so the kernel releases the lock
  * when that process dies, however it dies.
  */
@@ -364,7 +299,7 @@ const WORK_SUFFIXES = ["", "-wal", "-shm", "-journal", "-spool"];
 
 /** The temporary files of one running restore. */
 interface WorkFiles {
-  /** Path of the database being built; SQLite's `-wal`/`-shm` and our `-spool` go beside it. */
+  /** Path of the database being built; SQLite's `-wal`/`-shm` go beside it. */
   readonly path: string;
   /** Removes the files and then the lock file, and releases the lock; runs once. */
   release(): Promise<void>;
@@ -471,7 +406,7 @@ async function writeSnapshot(
   let head: Uint8Array | undefined;
   let size = 0;
   try {
-    const raw = readChunks(await client.openSnapshot(target.snapshot, { signal }));
+    const raw = releaseSpent(readChunks(await client.openSnapshot(target.snapshot, { signal })));
     // Large snapshots: blocks decoded by Workers while this thread hashes and writes.
     const parallel = target.snapshot.size >= PARALLEL_SNAPSHOT_BYTES &&
       navigator.hardwareConcurrency > 1;
@@ -480,8 +415,10 @@ async function writeSnapshot(
       else if (head.length < 100) {
         head = concat([head, chunk.slice(0, 100 - head.length)]);
       }
-      await writeAll(file, chunk);
+      writeAllSync(file, chunk);
       size += chunk.length;
+      // Both decoders hand out each block in a buffer of its own: free it now (see release).
+      release(chunk);
     }
   } catch (err) {
     if (err instanceof SyntaxError) {
@@ -503,7 +440,36 @@ async function writeSnapshot(
   return pageSize;
 }
 
-/** Reads `stream` in large chunks when it is a byte stream (a file's is), else as it comes. */
+/**
+ * Passes on `chunks` (each in a buffer of its own, as {@linkcode readChunks} yields them) to
+ * the LZ4 frame reader of the loop consuming them, and frees each once that reader is surely
+ * done with it: a reader keeps no more than one incomplete block (4 MiB at most) of what it
+ * was given, and nothing once the loop asked for more than the last chunk or left.
+ */
+async function* releaseSpent(chunks: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
+  const held: Uint8Array[] = [];
+  let heldBytes = 0;
+  try {
+    for await (const chunk of chunks) {
+      while (held.length > 0 && heldBytes - held[0].length >= LZ4_BLOCK_SIZE + 64) {
+        const spent = held.shift()!;
+        heldBytes -= spent.length;
+        release(spent);
+      }
+      held.push(chunk);
+      heldBytes += chunk.length;
+      yield chunk;
+    }
+  } finally {
+    for (const chunk of held) release(chunk);
+  }
+}
+
+/**
+ * Reads `stream` in chunks of up to {@linkcode READ_CHUNK_BYTES}, each in a new buffer of its own that the caller
+ * may {@linkcode release}: a byte stream (a file's) reads straight into them, any other is
+ * copied (its own chunks may share buffers, as Node's pooled ones do).
+ */
 async function* readChunks(stream: ReadableStream<Uint8Array>): AsyncGenerator<Uint8Array> {
   let byob: ReadableStreamBYOBReader | undefined;
   try {
@@ -512,7 +478,22 @@ async function* readChunks(stream: ReadableStream<Uint8Array>): AsyncGenerator<U
     // Not a byte stream.
   }
   if (!byob) {
-    yield* stream;
+    let buf = new Uint8Array(READ_CHUNK_BYTES);
+    let n = 0;
+    for await (let chunk of stream) {
+      while (chunk.length > 0) {
+        const take = Math.min(chunk.length, buf.length - n);
+        buf.set(chunk.subarray(0, take), n);
+        n += take;
+        chunk = chunk.subarray(take);
+        if (n === buf.length) {
+          yield buf;
+          buf = new Uint8Array(READ_CHUNK_BYTES);
+          n = 0;
+        }
+      }
+    }
+    if (n > 0) yield buf.subarray(0, n);
     return;
   }
   try {
@@ -533,77 +514,371 @@ async function* decodeSerially(source: AsyncIterable<Uint8Array>): AsyncGenerato
   dec.finish();
 }
 
-/** Segments up to this stored size are downloaded ahead in parallel; larger ones stream. */
-const PREFETCH_MAX_SEGMENT_BYTES = 8 << 20;
-/** Page images kept in memory per WAL index before they spill to a spool file. */
-const APPLY_MEMORY_BYTES = 32 << 20;
+/** Segments stored in at most this many bytes are downloaded whole; larger ones stream. */
+const PREFETCH_MAX_SEGMENT_BYTES = 1 << 20;
+/** Neighbouring pages are written to the database file in runs of up to this many bytes. */
+const WRITE_RUN_BYTES = 256 << 10;
+
+/**
+ * Applies the target's WAL segments to the database file `file`, one WAL index at a time,
+ * strictly in order, while later small segments download in parallel.
+ *
+ * @returns The bytes of WAL applied and the last index applied (none without segments).
+ */
+async function applyWal(
+  client: ReplicaClient,
+  target: RestoreTarget,
+  file: Deno.FsFile,
+  pageSize: number,
+  options: RestoreOptions,
+): Promise<{ bytes: number; index?: number }> {
+  const segs = target.segments;
+  const fetcher = new SegmentFetcher(
+    client,
+    segs,
+    Math.max(1, options.parallelism ?? DEFAULT_RESTORE_PARALLELISM),
+    options.signal,
+  );
+  const log = options.logger ?? silentLogger;
+  // Two buffers serve the whole restore (pages untouched by a small restore cost nothing).
+  const decoded = new Uint8Array(MAX_DECODE_BUFFER_BYTES);
+  const run = new Uint8Array(Math.max(WRITE_RUN_BYTES, pageSize));
+  let bytes = 0;
+  let index: number | undefined;
+  let i = 0;
+  try {
+    while (i < segs.length) {
+      const idx = segs[i].index;
+      const applier = new WalIndexApplier(file, pageSize, target.generation, idx, run);
+      // With an offset, the index's last segment may run past it: keep only what precedes it.
+      const stopAt = options.offset !== undefined && idx === options.index
+        ? options.offset
+        : Infinity;
+      const limit = (chunk: Uint8Array) =>
+        chunk.subarray(0, Math.max(0, Math.min(chunk.length, stopAt - applier.length)));
+      for (; i < segs.length && segs[i].index === idx; i++) {
+        const seg = segs[i];
+        if (seg.offset !== applier.length) {
+          throw new ReplicaIntegrityError(
+            seg.offset > applier.length
+              ? `Replica is missing WAL bytes ${applier.length}..${seg.offset} of index ${
+                hex8(idx)
+              } in generation "${target.generation}" (before ${segName(seg)})`
+              : `WAL segment ${segName(seg)} overlaps the previous segment`,
+          );
+        }
+        try {
+          const dec = new ReusingLz4Decoder(decoded);
+          for await (const chunk of releaseSpent(fetcher.take(i))) {
+            for (const block of dec.push(chunk)) applier.push(limit(block));
+          }
+          dec.finish();
+        } catch (err) {
+          // A bad frame may show before the LZ4 checksum does: name the segment either way.
+          if (!(err instanceof SyntaxError || err instanceof ReplicaIntegrityError)) throw err;
+          throw new ReplicaIntegrityError(`WAL segment ${segName(seg)} is corrupt`, { cause: err });
+        }
+      }
+      if (stopAt !== Infinity && applier.length < stopAt) {
+        throw new NoBackupError(
+          `Replica holds WAL index ${
+            hex8(idx)
+          } of generation "${target.generation}" up to ${applier.length}, not ${stopAt}`,
+        );
+      }
+      applier.finish();
+      bytes += applier.length;
+      index = idx;
+      log.debug("applied wal", { index: hex8(idx) });
+    }
+  } finally {
+    fetcher.close();
+    release(decoded);
+    release(run);
+  }
+  return { bytes, index };
+}
+
+/**
+ * Hands out the stored bytes of each segment, in order, in buffers the caller owns (and
+ * should {@linkcode release} once applied). While one is applied, the next small ones (up to
+ * 1 MiB each, at most `parallelism` of them) download whole; a larger one streams in its
+ * turn, {@linkcode READ_CHUNK_BYTES} at a time.
+ */
+class SegmentFetcher {
+  readonly #client: ReplicaClient;
+  readonly #segs: WalSegmentInfo[];
+  readonly #parallelism: number;
+  readonly #signal?: AbortSignal;
+  /** Small segments being read whole ahead of their turn. */
+  readonly #pending = new Map<number, Promise<Uint8Array>>();
+  /** The next segment to consider downloading ahead. */
+  #next = 0;
+
+  constructor(
+    client: ReplicaClient,
+    segs: WalSegmentInfo[],
+    parallelism: number,
+    signal?: AbortSignal,
+  ) {
+    this.#client = client;
+    this.#segs = segs;
+    this.#parallelism = parallelism;
+    this.#signal = signal;
+  }
+
+  /** The stored bytes of segment `i`, whole or in chunks; call once per segment, in order. */
+  async *take(i: number): AsyncGenerator<Uint8Array> {
+    const seg = this.#segs[i];
+    // This segment is requested before the ones downloaded ahead: it is needed first.
+    const whole = this.#pending.get(i) ??
+      (seg.size <= PREFETCH_MAX_SEGMENT_BYTES ? this.#read(seg) : undefined);
+    const stream = whole ? undefined : this.#client.openWalSegment(seg, { signal: this.#signal });
+    this.#pending.delete(i);
+    this.#next = Math.max(this.#next, i + 1);
+    this.#prefetch();
+    if (whole) yield await whole;
+    else yield* readChunks(await stream!);
+  }
+
+  /** Stops downloading ahead; reads in flight finish unheeded. */
+  close(): void {
+    this.#pending.clear();
+    this.#next = this.#segs.length;
+  }
+
+  #read(seg: WalSegmentInfo): Promise<Uint8Array> {
+    const p = this.#client.openWalSegment(seg, { signal: this.#signal })
+      .then((stream) => readSized(stream, seg.size));
+    // Awaited in order; one never reached (an earlier one failed) must not end the process as
+    // an unhandled rejection.
+    p.catch(() => {});
+    return p;
+  }
+
+  #prefetch(): void {
+    for (; this.#next < this.#segs.length; this.#next++) {
+      const seg = this.#segs[this.#next];
+      // A large segment is requested in its turn: a server may send its bytes before those of
+      // the small ones requested with it (moto does), holding them up.
+      if (seg.size > PREFETCH_MAX_SEGMENT_BYTES) continue;
+      if (this.#pending.size >= this.#parallelism) return;
+      this.#pending.set(this.#next, this.#read(seg));
+    }
+  }
+}
+
+/**
+ * Reads a whole stream of about `size` bytes (a listed object's size) into one new buffer,
+ * which the caller owns and may {@linkcode release}. A byte stream (a file's) reads straight
+ * into it.
+ */
+async function readSized(stream: ReadableStream<Uint8Array>, size: number): Promise<Uint8Array> {
+  // One spare byte: a full buffer then means the object grew since it was listed.
+  let buf = new Uint8Array(size + 1);
+  let n = 0;
+  const room = (more: number) => {
+    if (n + more <= buf.length) return;
+    const bigger = new Uint8Array(Math.max(2 * buf.length, n + more));
+    bigger.set(buf.subarray(0, n));
+    release(buf);
+    buf = bigger;
+  };
+  let byob: ReadableStreamBYOBReader | undefined;
+  try {
+    byob = stream.getReader({ mode: "byob" });
+  } catch {
+    // Not a byte stream.
+  }
+  if (!byob) {
+    for await (const chunk of stream) {
+      room(chunk.length);
+      buf.set(chunk, n);
+      n += chunk.length;
+    }
+    return buf.subarray(0, n);
+  }
+  try {
+    for (;;) {
+      room(1);
+      // The read takes the buffer over and hands back a view of the same memory.
+      const { value, done } = await byob.read(buf.subarray(n));
+      if (value) buf = new Uint8Array(value.buffer);
+      if (done) break;
+      n += value!.length;
+    }
+  } finally {
+    byob.releaseLock();
+  }
+  return buf.subarray(0, n);
+}
+
+/**
+ * Frees the memory of `bytes` now rather than at V8's next garbage collection, which large
+ * buffers do not hasten (a restore's dead buffers piled up to ~65 MiB). `bytes` must be the
+ * only view of its buffer still in use; freeing it twice does nothing.
+ */
+function release(bytes: Uint8Array): void {
+  const buffer = bytes.buffer as ArrayBuffer;
+  if (!buffer.detached) buffer.transfer(0);
+}
+
+/** Largest LZ4 block (4 MiB) plus the 64 KiB window of linked blocks. */
+const MAX_DECODE_BUFFER_BYTES = (4 << 20) + (64 << 10);
+
+/**
+ * Decodes exactly one LZ4 frame fed in chunks, checking everything {@linkcode Lz4FrameDecoder}
+ * checks, but yields each block as a view of one buffer reused for the next block: a restore
+ * applies hundreds of MiB of WAL, and a new array per block is memory V8 returns only at its
+ * next collection (~65 MiB of them piled up).
+ */
+class ReusingLz4Decoder {
+  readonly #reader = new Lz4FrameReader();
+  readonly #hash = new Xxh32();
+  readonly #buf: Uint8Array;
+  /** Linked blocks: bytes of earlier output kept at the front of `#buf` (up to 64 KiB). */
+  #history = 0;
+  #total = 0;
+  /** @param buf Receives each decoded block: {@linkcode MAX_DECODE_BUFFER_BYTES} long. */
+  constructor(buf: Uint8Array) {
+    this.#buf = buf;
+  }
+
+  /** Feeds encoded bytes; yields the decoded blocks, each valid until the next is yielded. */
+  *push(chunk: Uint8Array): Generator<Uint8Array> {
+    for (const block of this.#reader.push(chunk)) {
+      // A block spanning chunks is a copy the reader made: ours to free once decoded. (One
+      // that is a view of an earlier chunk ends it: that chunk is spent too.)
+      const copy = block.data.buffer !== chunk.buffer;
+      const linked = this.#reader.linked;
+      let out: Uint8Array;
+      if (block.stored) {
+        out = block.data;
+        if (linked) this.#keepHistory(out);
+      } else {
+        // A block may not decode to more than the frame's block size.
+        const dst = this.#buf.subarray(0, this.#history + this.#reader.maxBlockSize);
+        const end = decodeBlockInto(block.data, dst, this.#history);
+        out = this.#buf.subarray(this.#history, end);
+      }
+      this.#hash.update(out);
+      this.#total += out.length;
+      yield out;
+      if (linked && !block.stored) this.#keepHistory(out);
+      if (copy) release(block.data);
+    }
+  }
+
+  /** Moves the last 64 KiB of history plus `out` to the front of the buffer. */
+  #keepHistory(out: Uint8Array): void {
+    const buf = this.#buf;
+    const keep = Math.min(64 << 10, this.#history + out.length);
+    if (out.buffer === buf.buffer) {
+      const end = out.byteOffset - buf.byteOffset + out.length;
+      buf.copyWithin(0, end - keep, end);
+    } else {
+      const fromHistory = keep - Math.min(keep, out.length);
+      buf.copyWithin(0, this.#history - fromHistory, this.#history);
+      buf.set(out.subarray(out.length - (keep - fromHistory)), fromHistory);
+    }
+    this.#history = keep;
+  }
+
+  /** Checks that a whole, valid frame was read. @throws {SyntaxError} If it was not. */
+  finish(): void {
+    this.#reader.verify(this.#hash.digest(), this.#total);
+  }
+}
 
 /**
  * Applies one WAL index (header plus frames, fed in order in chunks of any size) to the
- * database file exactly as a checkpoint would: the newest committed image of each page,
- * then the size of the last commit. Every frame's salts and checksum chain are validated as
- * they arrive; page images beyond 32 MiB are spooled to a file, so memory stays bounded
- * whatever the size of a transaction.
+ * database file as a checkpoint would: the newest committed image of each page, then the
+ * size of the last commit. Every frame's salts and checksum chain are validated before its
+ * page is written; each chunk's pages are written as they arrive (the newest image of a page
+ * wins, as later chunks overwrite earlier ones), in page order, neighbours coalesced. A frame
+ * that fails validation, or an index that does not end on a commit, fails the restore, whose
+ * file is then discarded, so pages written before the failure do no harm.
  */
 class WalIndexApplier {
   readonly #file: Deno.FsFile;
   readonly #pageSize: number;
+  readonly #frameSize: number;
   readonly #what: string;
-  readonly #spoolPath: string;
-  #spool?: Deno.FsFile;
-  #spoolSize = 0;
+  readonly #run: Uint8Array;
   #header?: WalHeader;
   #sum: [number, number] = [0, 0];
-  #carry = new Uint8Array(0);
-  /** Newest image of each page: in memory, or its offset in the spool file. */
-  #pages = new Map<number, Uint8Array | number>();
-  #memory = 0;
+  /** The start of a header or frame split across chunks. */
+  readonly #carry: Uint8Array;
+  #carryLength = 0;
   #frames = 0;
   #committedFrames = 0;
   #commitSize = 0;
   /** Decoded bytes received so far (the next segment's expected offset). */
   length = 0;
 
+  /** @param run Reused to gather runs of pages (one applier at a time), a page or more long. */
   constructor(
     file: Deno.FsFile,
     pageSize: number,
     generation: string,
     index: number,
-    spoolPath: string,
+    run: Uint8Array,
   ) {
     this.#file = file;
+    this.#run = run;
     this.#pageSize = pageSize;
+    this.#frameSize = walFrameSize(pageSize);
     this.#what = `WAL index ${hex8(index)} of generation "${generation}"`;
-    this.#spoolPath = spoolPath;
+    this.#carry = new Uint8Array(this.#frameSize);
   }
 
-  async push(chunk: Uint8Array): Promise<void> {
+  /** Validates the frames completed by `chunk` and writes their pages. */
+  push(chunk: Uint8Array): void {
     this.length += chunk.length;
-    let data = this.#carry.length ? concat([this.#carry, chunk]) : chunk;
+    let data = chunk;
     if (!this.#header) {
-      if (data.length < WAL_HEADER_SIZE) {
-        this.#carry = data.slice();
-        return;
-      }
-      const head = data.subarray(0, WAL_HEADER_SIZE);
-      if (!isValidWalHeader(head)) {
-        throw new ReplicaIntegrityError(`${this.#what} has an invalid WAL header`);
-      }
-      this.#header = decodeWalHeader(head);
-      if (this.#header.pageSize !== this.#pageSize) {
-        throw new ReplicaIntegrityError(
-          `${this.#what} has page size ${this.#header.pageSize}, the snapshot has ${this.#pageSize}`,
-        );
-      }
-      this.#sum = [this.#header.checksum1, this.#header.checksum2];
-      data = data.subarray(WAL_HEADER_SIZE);
+      data = this.#fillCarry(data, WAL_HEADER_SIZE);
+      if (this.#carryLength < WAL_HEADER_SIZE) return;
+      this.#carryLength = 0;
+      this.#readHeader(this.#carry.subarray(0, WAL_HEADER_SIZE));
     }
-    const fs = walFrameSize(this.#pageSize);
+    const fs = this.#frameSize;
+    if (this.#carryLength > 0) {
+      data = this.#fillCarry(data, fs);
+      if (this.#carryLength < fs) return;
+      this.#carryLength = 0;
+      this.#apply(this.#carry);
+    }
     const whole = data.length - (data.length % fs);
-    this.#carry = data.subarray(whole).slice();
-    if (whole === 0) return;
-    const frames = data.subarray(0, whole);
-    const scan = scanWalFrames(frames, this.#header, this.#sum);
+    if (whole > 0) this.#apply(data.subarray(0, whole));
+    this.#fillCarry(data.subarray(whole), fs);
+  }
+
+  /** Moves bytes from the front of `data` into the carry until it holds `n`; returns the rest. */
+  #fillCarry(data: Uint8Array, n: number): Uint8Array {
+    const take = Math.min(n - this.#carryLength, data.length);
+    this.#carry.set(data.subarray(0, take), this.#carryLength);
+    this.#carryLength += take;
+    return data.subarray(take);
+  }
+
+  #readHeader(head: Uint8Array): void {
+    if (!isValidWalHeader(head)) {
+      throw new ReplicaIntegrityError(`${this.#what} has an invalid WAL header`);
+    }
+    this.#header = decodeWalHeader(head);
+    if (this.#header.pageSize !== this.#pageSize) {
+      throw new ReplicaIntegrityError(
+        `${this.#what} has page size ${this.#header.pageSize}, the snapshot has ${this.#pageSize}`,
+      );
+    }
+    this.#sum = [this.#header.checksum1, this.#header.checksum2];
+  }
+
+  /** Validates whole frames, then writes their pages. */
+  #apply(frames: Uint8Array): void {
+    const fs = this.#frameSize;
+    const scan = scanWalFrames(frames, this.#header!, this.#sum);
     if (scan.stop !== "end") {
       throw new ReplicaIntegrityError(
         `${this.#what} has a broken ${scan.stop} at frame ${this.#frames + scan.validFrames + 1}`,
@@ -614,99 +889,90 @@ class WalIndexApplier {
       this.#committedFrames = this.#frames + scan.committedBytes / fs;
       this.#commitSize = scan.commitSize;
     }
-    this.#frames += whole / fs;
-    const view = new DataView(frames.buffer, frames.byteOffset, frames.byteLength);
-    const spill = this.#spool !== undefined || this.#memory + whole > APPLY_MEMORY_BYTES;
-    if (spill) await this.#spillMemory();
-    const spoolBase = this.#spoolSize;
-    if (spill) await this.#appendSpool(frames);
-    for (let off = 0; off < whole; off += fs) {
-      const pgno = view.getUint32(off);
-      const page = off + WAL_FRAME_HEADER_SIZE;
-      if (spill) this.#pages.set(pgno, spoolBase + page);
-      else this.#pages.set(pgno, frames.subarray(page, page + this.#pageSize));
+    const first = this.#frames;
+    this.#frames += frames.length / fs;
+    const order = this.#pageOrder(frames, first);
+    const ps = this.#pageSize;
+    const maxRun = Math.floor(this.#run.length / ps);
+    // Runs of neighbouring pages: [start, end) in `order`.
+    let start = 0;
+    while (start < order.length) {
+      const pgno = pageNumber(frames, order[start] * fs);
+      let end = start + 1;
+      while (
+        end < order.length && end - start < maxRun &&
+        pageNumber(frames, order[end] * fs) === pgno + (end - start)
+      ) end++;
+      this.#file.seekSync((pgno - 1) * ps, Deno.SeekMode.Start);
+      if (end - start === 1) {
+        const at = order[start] * fs + WAL_FRAME_HEADER_SIZE;
+        writeAllSync(this.#file, frames.subarray(at, at + ps));
+      } else {
+        const run = this.#run.subarray(0, ps * (end - start));
+        for (let k = start; k < end; k++) {
+          const at = order[k] * fs + WAL_FRAME_HEADER_SIZE;
+          run.set(frames.subarray(at, at + ps), (k - start) * ps);
+        }
+        writeAllSync(this.#file, run);
+      }
+      start = end;
     }
-    if (!spill) this.#memory += whole;
   }
 
-  async #spillMemory(): Promise<void> {
-    if (this.#spool) return;
-    this.#spool = await Deno.open(this.#spoolPath, {
-      read: true,
-      write: true,
-      create: true,
-      truncate: true,
-      mode: 0o600,
-    });
-    for (const [pgno, v] of this.#pages) {
-      if (typeof v === "number") continue;
-      const at = this.#spoolSize;
-      await this.#appendSpool(v);
-      this.#pages.set(pgno, at);
+  /**
+   * The frames of `frames` to write, in page order, keeping the last frame of each page: as
+   * they come when their page numbers increase (SQLite writes each transaction's pages in
+   * page order), else sorted.
+   */
+  #pageOrder(frames: Uint8Array, first: number): number[] {
+    const fs = this.#frameSize;
+    const n = frames.length / fs;
+    const order: number[] = new Array(n);
+    let prev = 0;
+    let sorted = true;
+    for (let k = 0; k < n; k++) {
+      const pgno = pageNumber(frames, k * fs);
+      if (pgno === 0) {
+        throw new ReplicaIntegrityError(`${this.#what} names page 0 at frame ${first + k + 1}`);
+      }
+      if (pgno <= prev) sorted = false;
+      prev = pgno;
+      order[k] = k;
     }
-    this.#memory = 0;
+    if (sorted) return order;
+    const last = new Map<number, number>();
+    for (let k = 0; k < n; k++) last.set(pageNumber(frames, k * fs), k);
+    return [...last.keys()].sort((a, b) => a - b).map((pgno) => last.get(pgno)!);
   }
 
-  async #appendSpool(data: Uint8Array): Promise<void> {
-    await this.#spool!.seek(this.#spoolSize, Deno.SeekMode.Start);
-    await writeAll(this.#spool!, data);
-    this.#spoolSize += data.length;
-  }
-
-  /** Checks that the index ends on a commit, then writes its pages. */
-  async finish(): Promise<void> {
+  /** Checks that the index ends on a commit, then sets the database's size. */
+  finish(): void {
     if (!this.#header) {
       throw new ReplicaIntegrityError(`${this.#what} has an invalid WAL header`);
     }
-    if (this.#carry.length > 0) {
+    if (this.#carryLength > 0) {
       throw new ReplicaIntegrityError(`${this.#what} ends inside a frame (${this.length} bytes)`);
     }
     if (this.#committedFrames !== this.#frames) {
       throw new ReplicaIntegrityError(`${this.#what} does not end on a commit`);
     }
     if (this.#frames === 0) return;
-    const ps = this.#pageSize;
-    const pgnos = [...this.#pages.keys()].filter((p) => p <= this.#commitSize).sort((a, b) =>
-      a - b
-    );
-    // Write in page order, coalescing neighbours into runs of at most 4 MiB.
-    const maxRun = Math.max(1, Math.floor((4 << 20) / ps));
-    let run: Uint8Array[] = [];
-    let runStart = -1;
-    const flush = async () => {
-      if (run.length === 0) return;
-      await this.#file.seek((runStart - 1) * ps, Deno.SeekMode.Start);
-      const buf = run.length === 1 ? run[0] : concat(run);
-      await writeAll(this.#file, buf);
-      run = [];
-    };
-    for (const pgno of pgnos) {
-      if (run.length === 0 || pgno !== runStart + run.length || run.length >= maxRun) {
-        await flush();
-        runStart = pgno;
-      }
-      const v = this.#pages.get(pgno)!;
-      run.push(typeof v === "number" ? await readAt(this.#spool!, v, ps) : v);
-    }
-    await flush();
-    await this.#file.truncate(this.#commitSize * ps);
+    this.#file.truncateSync(this.#commitSize * this.#pageSize);
   }
+}
 
-  /** Removes the spool file, if one was needed. */
-  async dispose(): Promise<void> {
-    if (!this.#spool) return;
-    this.#spool.close();
-    this.#spool = undefined;
-    await Deno.remove(this.#spoolPath).catch(() => {});
-  }
+/** The page number in the frame header at `at` of `frames`. */
+function pageNumber(frames: Uint8Array, at: number): number {
+  return ((frames[at] << 24) | (frames[at + 1] << 16) | (frames[at + 2] << 8) | frames[at + 3]) >>>
+    0;
 }
 
 /** Runs `PRAGMA integrity_check` on a restored file. @throws {ReplicaIntegrityError} */
 function checkIntegrity(path: string): void {
   const conn = new Connection(path, { busyTimeoutMs: 5000 });
   try {
-    // Pages through a memory map instead of a read() each: about 25% faster on 128 MiB.
-    conn.get("PRAGMA mmap_size = 1073741824");
+    // No memory map (it reads faster): its pages would count in the process's resident
+    // memory, as much as the whole database.
     const row = conn.get<Record<string, string>>("PRAGMA integrity_check");
     const result = row ? String(Object.values(row)[0]) : "no result";
     if (result !== "ok") {
