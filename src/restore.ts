@@ -195,6 +195,18 @@ export async function calcRestoreTarget(
     }
   }
   checkSegmentsContinuity(pick.generation, snapshot.index, segments);
+  // A snapshot is taken of the WAL index it names, which our replicator uploads first
+  // (v0.3.13 may crash between the two, so the index right before it may be the last one);
+  // one further beyond the WAL means the indexes between were lost.
+  const lastWal = pick.segments.at(-1)?.index;
+  if (segments.length === 0 && lastWal !== undefined && lastWal < snapshot.index - 1) {
+    throw new ReplicaIntegrityError(
+      `Replica's snapshot ${hex8(snapshot.index)} of generation "${pick.generation}" is beyond ` +
+        `its WAL, which ends at index ${hex8(lastWal)}: WAL indexes ${hex8(lastWal + 1)}..${
+          hex8(snapshot.index - 1)
+        } are missing`,
+    );
+  }
   return { generation: pick.generation, snapshot, segments, updatedAt: pick.updatedAt };
 }
 

@@ -675,12 +675,7 @@ const DAMAGED: Case[] = [
   damaged(
     "a snapshot whose index is above the last WAL segment",
     (fx) => Deno.copyFile(snap(fx), snap(fx, 9)),
-    ["GEN", "00000009"],
-    {
-      defect: "restore exits 0 and writes the file from snapshot 00000009 alone, though the " +
-        "generation's WAL ends at index 00000003 and our snapshots always follow their " +
-        "WAL index (v0.3.13 panics: 'makechan: size out of range'); fix in calcRestoreTarget",
-    },
+    ["GEN", "snapshot 00000009", "00000004"],
   ),
   damaged(
     "a snapshot path that is a directory",

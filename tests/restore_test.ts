@@ -194,13 +194,13 @@ Deno.test("restore() reports an empty replica as having no backups", async () =>
   );
 });
 
-Deno.test("restore() streams a WAL index larger than its memory budget through a spool file", async () => {
+Deno.test("restore() streams a WAL index larger than the prefetch limit straight into the file", async () => {
   await using dir = await tempDir();
   await using fx = await openTestDb(dir.path, { minCheckpointPageCount: 100_000 });
   await using w = new Writer(fx.path);
   await fx.sync();
-  // One ~40 MiB transaction of incompressible pages: a segment too large to prefetch and
-  // an index whose pages exceed the 32 MiB kept in memory.
+  // One ~40 MiB transaction of incompressible pages, then rewrites of some of them: a
+  // segment too large to prefetch, applied in pieces, the newest image of each page winning.
   await w.exec(blobs(10_000, 3900));
   await w.exec("UPDATE t SET v = 'rewritten' WHERE id % 7 = 0");
   await fx.sync();
@@ -210,5 +210,5 @@ Deno.test("restore() streams a WAL index larger than its memory budget through a
   assert.equal(await integrity(`${dir.path}/r.db`), "ok");
   assert.equal(await dump(`${dir.path}/r.db`), await dump(fx.path));
   const left = (await Array.fromAsync(Deno.readDir(dir.path))).map((e) => e.name);
-  assert.deepEqual(left.filter((n) => n.includes("spool") || n.endsWith(".tmp")), []);
+  assert.deepEqual(left.filter((n) => n.includes("restore") || n.endsWith(".tmp")), []);
 });
