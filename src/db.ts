@@ -535,6 +535,9 @@ export class Db implements AsyncDisposable {
   async #cleanShadow(): Promise<void> {
     const gen = this.generation, index = this.#shadow.index;
     if (!gen || index === undefined) return;
+    // Until every replica has said where it stands (just after a start, or while its store
+    // is down), any file may still be needed.
+    if (this.#replicaIndexes.size < this.#subscribers.size) return;
     let min = index;
     for (const pos of this.#replicaIndexes.values()) {
       min = Math.min(min, pos.generation === gen ? pos.index : 0);

@@ -217,12 +217,6 @@ export function decodeBlockInto(src: Uint8Array, dst: Uint8Array, pos: number): 
   return o;
 }
 
-/** Compresses one block; returns `undefined` when compression would not save space. */
-function compressBlock(src: Uint8Array): Uint8Array | undefined {
-  const out = wasm.compress(src).subarray(4); // lz4-wasm prepends the decoded size
-  return out.length < src.length ? out : undefined;
-}
-
 /**
  * Decodes one independent LZ4 block held in `framed` after 4 spare bytes (which this
  * overwrites with the decoded size, as the `lz4-wasm` codec wants it). With `sizeHint`
@@ -327,16 +321,22 @@ export class Lz4FrameEncoder {
   }
 }
 
+/**
+ * One block as the frame stores it: its 4-byte size word, then its bytes, compressed unless
+ * that would not save space. Always a new array, one per block.
+ */
 function encodeBlock(block: Uint8Array): Uint8Array[] {
-  const compressed = compressBlock(block);
-  const size = new Uint8Array(4);
-  const v = new DataView(size.buffer);
-  if (compressed) {
-    v.setUint32(0, compressed.length, true);
-    return [size, compressed];
+  // lz4-wasm puts the decoded size in front of the compressed block: the size word's place.
+  const out = wasm.compress(block);
+  const size = out.length - 4;
+  if (size < block.length) {
+    new DataView(out.buffer, out.byteOffset, 4).setUint32(0, size, true);
+    return [out];
   }
-  v.setUint32(0, (block.length | STORED_BIT) >>> 0, true);
-  return [size, block.slice()];
+  const stored = new Uint8Array(4 + block.length);
+  new DataView(stored.buffer).setUint32(0, (block.length | STORED_BIT) >>> 0, true);
+  stored.set(block, 4);
+  return [stored];
 }
 
 /** Compresses `data` into one LZ4 frame, encoding blocks straight from `data`. */
@@ -365,32 +365,62 @@ function frameTrailer(checksum: number): Uint8Array {
   return tail;
 }
 
+/** Options of {@linkcode lz4CompressReader}. */
+export interface Lz4CompressReaderOptions {
+  /**
+   * How many bytes `read` will return in all, when known: an input smaller than a block is
+   * then read into a buffer of its size instead of a block-sized one. A wrong hint costs a
+   * copy, never a different frame.
+   */
+  sizeHint?: number;
+}
+
 /**
  * One LZ4 frame of everything `read` returns, as a stream. `read` fills the front of the
  * buffer it is given and returns the byte count, short only at the end (0 there). A single
- * block-sized buffer serves the whole input, since each block is compressed (into new
- * arrays) before the next read: a 128 MiB snapshot no longer leaves 128 MiB of dead
- * buffers for the garbage collector.
+ * buffer serves the whole input, since each block is compressed (into new arrays) before
+ * the next read: a 128 MiB snapshot no longer leaves 128 MiB of dead buffers for the
+ * garbage collector. The frame is the one {@linkcode lz4Compress} makes of the same bytes.
  */
-export function lz4CompressReader(read: (buf: Uint8Array) => number): ReadableStream<Uint8Array> {
-  const enc = new Lz4FrameEncoder();
+export function lz4CompressReader(
+  read: (buf: Uint8Array) => number,
+  options: Lz4CompressReaderOptions = {},
+): ReadableStream<Uint8Array> {
+  const hint = options.sizeHint;
+  const first = hint === undefined ? LZ4_BLOCK_SIZE : Math.min(LZ4_BLOCK_SIZE, hint + 1);
+  const hash = new Xxh32();
   let buf: Uint8Array | undefined;
-  let done = false;
+  let started = false;
   return new ReadableStream<Uint8Array>({
     pull(ctl) {
-      // A pull that enqueues nothing is not called again: read until there is output.
-      while (!done) {
-        buf ??= new Uint8Array(LZ4_BLOCK_SIZE);
-        const n = read(buf);
-        const parts = n > 0 ? enc.push(buf.subarray(0, n)) : enc.finish();
-        for (const part of parts) ctl.enqueue(part);
-        if (n === 0) {
-          done = true;
-          buf = undefined;
-          ctl.close();
-        }
-        if (parts.length > 0) return;
+      if (!started) {
+        started = true;
+        ctl.enqueue(frameHeader());
       }
+      let b = buf ??= new Uint8Array(first);
+      // One block per pull: read until the block is full or the input ends.
+      let len = read(b);
+      while (len === b.length && b.length < LZ4_BLOCK_SIZE) {
+        // The hint was short: grow to a whole block, so blocks end where lz4Compress ends them.
+        const next: Uint8Array = new Uint8Array(Math.min(LZ4_BLOCK_SIZE, 2 * b.length));
+        next.set(b);
+        b = buf = next;
+        const n = read(b.subarray(len));
+        if (n === 0) break;
+        len += n;
+      }
+      if (len > 0) {
+        const block = b.subarray(0, len);
+        hash.update(block);
+        for (const part of encodeBlock(block)) ctl.enqueue(part);
+        return;
+      }
+      ctl.enqueue(frameTrailer(hash.digest()));
+      buf = undefined;
+      ctl.close();
+    },
+    cancel() {
+      buf = undefined;
     },
   }, { highWaterMark: 0 });
 }

@@ -40,8 +40,12 @@ const RETRY_MIN_MS = 1_000;
  */
 const RETRY_MAX_MS = 10_000;
 
-/** Segments above this size are streamed instead of compressed in memory. */
-const STREAM_SEGMENT_BYTES = 16 << 20;
+/**
+ * Segments up to this size are read and compressed in memory (one buffer per replica, kept
+ * between uploads); larger ones are streamed through one block buffer, so that no segment
+ * is ever held whole, whatever the size of the transaction.
+ */
+const IN_MEMORY_SEGMENT_BYTES = 1 << 20;
 
 /** Options of {@linkcode Replica}. */
 export interface ReplicaOptions {
@@ -103,7 +107,7 @@ export class Replica implements AsyncDisposable {
   #abort?: AbortController;
   #loops: Promise<void>[] = [];
   #wake?: Wakeup;
-  #scratch = new Scratch(4 << 20); // shadow bytes of one segment, never held across an await
+  #scratch = new Scratch(IN_MEMORY_SEGMENT_BYTES); // one small segment, never held across an await
 
   constructor(db: ReplicaSource, client: ReplicaClient, options: ReplicaOptions = {}) {
     this.db = db;
@@ -280,7 +284,7 @@ export class Replica implements AsyncDisposable {
       lastIndex = pos.index;
       const t0 = performance.now();
       const size = end - pos.offset;
-      if (size <= STREAM_SEGMENT_BYTES) {
+      if (size <= IN_MEMORY_SEGMENT_BYTES) {
         this.#scratch.reset();
         const raw = this.db.shadow.read(pos.generation, pos.index, pos.offset, this.#scratch);
         // lz4Compress copies what it keeps: the scratch is free again once it returns.
@@ -301,7 +305,10 @@ export class Replica implements AsyncDisposable {
 
   /** The LZ4 frame of shadow file `pos.index` from `pos.offset` to `end`, as a stream. */
   #shadowStream(pos: Pos, end: number): ReadableStream<Uint8Array> {
-    return lz4CompressReader(this.db.shadow.reader(pos.generation, pos.index, pos.offset, end));
+    return lz4CompressReader(
+      this.db.shadow.reader(pos.generation, pos.index, pos.offset, end),
+      { sizeHint: end - pos.offset },
+    );
   }
 
   #report(): void {
@@ -351,7 +358,9 @@ export class Replica implements AsyncDisposable {
       await this.#upload(options);
       const info = await this.client.writeSnapshot(
         { generation: pos.generation, index: pos.index },
-        lz4CompressReader(read),
+        // A small database is read into a buffer of its size, not a 4 MiB one (a daemon with
+        // many databases snapshots them all at start-up).
+        lz4CompressReader(read, { sizeHint: fileSize(this.db.path) }),
         options,
       );
       this.#lastSnapshotPos = this.db.pos();
@@ -508,6 +517,7 @@ export class Replica implements AsyncDisposable {
     this.#loops = [];
     if (this.#wake) this.db.unsubscribe(this.#wake);
     await this.sync();
+    this.db.setReplicaPos(this.name, undefined); // no longer holds shadow files back
   }
 
   [Symbol.asyncDispose](): Promise<void> {
@@ -523,6 +533,15 @@ async function sha256File(path: string): Promise<string> {
     hash.update(buf.subarray(0, n));
   }
   return hash.digest("hex");
+}
+
+/** Size of the file at `path` (by path: no descriptor of the database is opened), if known. */
+function fileSize(path: string): number | undefined {
+  try {
+    return Deno.statSync(path).size;
+  } catch {
+    return undefined;
+  }
 }
 
 function samePos(a: Pos | undefined, b: Pos | undefined): boolean {

@@ -33,10 +33,14 @@ import {
   writeAllSync,
   writeFileAtomic,
 } from "./internal/fs.ts";
-import type { Scratch } from "./internal/bytes.ts";
+import { Scratch } from "./internal/bytes.ts";
 import type { Logger } from "./log.ts";
 
-const SCAN_CHUNK = 8 << 20;
+/**
+ * Largest read of a WAL at once: the most memory a scan and the copy after it hold, whatever
+ * the size of the transaction (one buffer, reused by every sync of the database).
+ */
+const SCAN_CHUNK = 1 << 20;
 
 /** What a replica reads from the shadow WAL: the end of each file, and its bytes. */
 export interface ShadowWalReader {
@@ -176,7 +180,7 @@ export class ShadowWal implements ShadowWalReader {
     const scan = scanFile(f, WAL_HEADER_SIZE, fileSize, header, [
       header.checksum1,
       header.checksum2,
-    ]);
+    ], new Scratch(SCAN_CHUNK));
     if (scan.end < fileSize) {
       // A crash during an append left frames without their commit: drop them.
       this.#log.warn("shadow wal trimmed to last commit", { index, from: fileSize, to: scan.end });
@@ -258,7 +262,6 @@ export class ShadowWal implements ShadowWalReader {
     return this.#appendScanned(
       wal,
       scanFile(wal, sh.size, wal.statSync().size, sh.header, sh.checksum, scratch),
-      scratch,
     );
   }
 
@@ -276,23 +279,26 @@ export class ShadowWal implements ShadowWalReader {
     const sh = this.#state!;
     using wal = Deno.openSync(walPath, { read: true });
     const walSize = wal.statSync().size;
-    scratch.reset();
     const scan = scanFile(wal, sh.size, walSize, sh.header, sh.checksum, scratch);
     const after = readAtSync(wal, scan.end, WAL_FRAME_HEADER_SIZE);
     if (after.length === WAL_FRAME_HEADER_SIZE) {
       const f = decodeWalFrameHeader(after);
       if (f.salt1 === next.salt1 && f.salt2 === next.salt2) return -1;
     }
-    return this.#appendScanned(wal, scan, scratch);
+    // No read transaction of ours holds this life: frames read again for the copy (those the
+    // scan's buffer no longer holds) are checked again, as the new life may be overwriting
+    // them meanwhile.
+    return this.#appendScanned(wal, scan, true);
   }
 
-  #appendScanned(wal: Deno.FsFile, scan: Scan, scratch: Scratch): number {
+  /** @returns the bytes appended, or -1 if `recheck` found frames changed since the scan */
+  #appendScanned(wal: Deno.FsFile, scan: Scan, recheck = false): number {
     const sh = this.#state!;
     if (scan.end <= sh.size) return 0;
     const n = scan.end - sh.size;
     const path = this.path(this.#generation!, sh.index);
     try {
-      this.#write(path, sh.size, scan, wal, scratch);
+      if (!this.#write(path, sh.size, scan, wal, recheck ? sh.checksum : undefined)) return -1;
     } catch (err) {
       throw new Error(`Cannot append to shadow WAL "${path}"`, { cause: err });
     }
@@ -302,25 +308,46 @@ export class ShadowWal implements ShadowWalReader {
     return n;
   }
 
-  #write(path: string, from: number, scan: Scan, wal: Deno.FsFile, scratch: Scratch): void {
-    const n = scan.end - from;
+  /**
+   * Copies `[from, scan.end)` of the WAL: from the scan's buffer, or again through it. With
+   * `recheck` (the checksum at `from`), frames read again are validated again; if they no
+   * longer are the frames the scan saw, the file is cut back to `from` and false returned.
+   */
+  #write(
+    path: string,
+    from: number,
+    scan: Scan,
+    wal: Deno.FsFile,
+    recheck?: readonly [number, number],
+  ): boolean {
     using out = Deno.openSync(path, { write: true });
     out.seekSync(from, Deno.SeekMode.Start);
-    const keptBytes = scan.data?.reduce((a, b) => a + b.length, 0) ?? 0;
-    if (scan.data && keptBytes >= n) {
-      let left = n;
-      for (const part of scan.data) {
-        if (left <= 0) break;
-        writeAllSync(out, part.subarray(0, Math.min(left, part.length)));
-        left -= part.length;
-      }
-    } else {
-      for (let off = from; off < scan.end; off += SCAN_CHUNK) {
-        scratch.reset();
-        const len = Math.min(SCAN_CHUNK, scan.end - off);
-        writeAllSync(out, readAtSync(wal, off, len, scratch));
-      }
+    if (scan.end <= scan.keptTo) {
+      writeAllSync(out, scan.buf.subarray(0, scan.end - from));
+      return true;
     }
+    const header = this.#state!.header;
+    let sum = recheck;
+    for (let off = from; off < scan.end;) {
+      const part = scan.buf.subarray(0, Math.min(scan.buf.length, scan.end - off));
+      const n = readIntoSync(wal, off, part);
+      if (n < part.length) throw new Error(`WAL ended at ${off + n}, before ${scan.end}`);
+      if (sum) {
+        const r = scanWalFrames(part, header, sum);
+        if (r.stop !== "end") {
+          out.truncateSync(from);
+          return false;
+        }
+        sum = r.checksum;
+      }
+      writeAllSync(out, part);
+      off += n;
+    }
+    if (sum && (sum[0] !== scan.checksum[0] || sum[1] !== scan.checksum[1])) {
+      out.truncateSync(from);
+      return false;
+    }
+    return true;
   }
 
   /** Makes the current file's appended frames durable. */
@@ -345,7 +372,11 @@ export class ShadowWal implements ShadowWalReader {
     const fs = walFrameSize(sh.header.pageSize);
     using w = Deno.openSync(walPath, { read: true });
     using s = Deno.openSync(this.path(this.#generation!, sh.index), { read: true });
-    return bytesEqual(readAtSync(w, sh.size - fs, fs), readAtSync(s, sh.size - fs, fs));
+    frameScratch.reset();
+    return bytesEqual(
+      readAtSync(w, sh.size - fs, fs, frameScratch),
+      readAtSync(s, sh.size - fs, fs, frameScratch),
+    );
   }
 
   end(generation: string, index: number): number {
@@ -404,49 +435,63 @@ export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
 }
 
 /**
- * Scans frames of `file` from `start` (a frame boundary) to `size`, returning the end of the
- * last valid commit and the checksum there. Reads grow from 16 frames (after a WAL restart
- * the file keeps its old size, so most of it is stale and never needs reading). With
- * `scratch`, reads land in it and the bytes read are returned too while they stay under
- * 8 MiB, to copy without re-reading.
+ * The two frames {@linkcode ShadowWal.lastFrameMatches} compares, for every database of the
+ * process: it runs on every sync, synchronously, so one buffer serves them all.
  */
+const frameScratch = new Scratch(2 * walFrameSize(65536));
+
+/** What {@linkcode scanFile} found. */
 interface Scan {
   /** End of the last valid commit. */
   end: number;
   /** Running checksum there. */
   checksum: [number, number];
-  /** The bytes read, while they stay under SCAN_CHUNK. */
-  data?: Uint8Array[];
+  /** The scan's buffer, free once the scan returns (the copy reuses it). */
+  buf: Uint8Array;
+  /** `buf` starts with the file's bytes from the scan's start up to here (the start if not). */
+  keptTo: number;
 }
 
+/**
+ * Scans frames of `file` from `start` (a frame boundary) to `size`, returning the end of the
+ * last valid commit and the checksum there. Reads grow from 16 frames (after a WAL restart
+ * the file keeps its old size, so most of it is stale and never needs reading) up to
+ * {@linkcode SCAN_CHUNK}, all into one buffer taken from `scratch` (reset first): while what
+ * was read fits in it, it is kept there to copy without reading it again.
+ */
 function scanFile(
   file: Deno.FsFile,
   start: number,
   size: number,
   header: WalHeader,
   seed: readonly [number, number],
-  scratch?: Scratch,
+  scratch: Scratch,
 ): Scan {
   const fs = walFrameSize(header.pageSize);
-  const maxChunk = Math.max(1, Math.floor(SCAN_CHUNK / fs)) * fs;
-  let chunk = Math.min(16 * fs, maxChunk);
-  let off = start;
+  const limit = frameAlign(size, header.pageSize);
   let sum: [number, number] = [seed[0], seed[1]];
   let end = start;
   let endSum: [number, number] = [seed[0], seed[1]];
-  let data: Uint8Array[] | undefined = scratch ? [] : undefined;
-  let kept = 0;
-  const limit = frameAlign(size, header.pageSize);
+  scratch.reset();
+  if (start + fs > limit) return { end, checksum: endSum, buf: new Uint8Array(0), keptTo: start };
+  const maxChunk = Math.max(1, Math.floor(SCAN_CHUNK / fs)) * fs;
+  const buf = scratch.take(Math.min(maxChunk, limit - start));
+  let chunk = Math.min(16 * fs, buf.length);
+  let off = start;
+  let at = 0; // where the next read lands in buf
+  let keeping = true;
+  let keptTo = start;
   while (off + fs <= limit) {
-    if (scratch && !data) scratch.reset(); // no longer keeping: reuse the memory
-    const buf = readAtSync(file, off, Math.min(chunk, limit - off), scratch);
-    const usable = buf.subarray(0, Math.floor(buf.length / fs) * fs);
-    if (usable.length === 0) break;
-    if (data) {
-      kept += usable.length;
-      if (kept <= SCAN_CHUNK) data.push(usable);
-      else data = undefined;
+    let want = Math.min(chunk, limit - off);
+    if (keeping && at + want > buf.length) {
+      if (at < buf.length) want = buf.length - at; // fill the buffer before giving it up
+      else keeping = false;
     }
+    if (!keeping) at = 0;
+    const n = readIntoSync(file, off, buf.subarray(at, at + want));
+    const usable = buf.subarray(at, at + Math.floor(n / fs) * fs);
+    if (usable.length === 0) break;
+    if (keeping) keptTo = off + usable.length;
     const r = scanWalFrames(usable, header, sum);
     if (r.committedBytes > 0) {
       end = off + r.committedBytes;
@@ -455,7 +500,8 @@ function scanFile(
     if (r.stop !== "end") break;
     sum = r.checksum;
     off += usable.length;
+    if (keeping) at += usable.length;
     chunk = Math.min(chunk * 4, maxChunk);
   }
-  return { end, checksum: endSum, data };
+  return { end, checksum: endSum, buf, keptTo: keeping ? keptTo : start };
 }

@@ -151,11 +151,12 @@ export class Daemon implements AsyncDisposable {
  * segment was started more often than finished, yet finished at least once.
  */
 export function hungOnPipe(log: string): boolean {
-  const at = log.indexOf("signal received");
-  if (at < 0) return false;
+  // The upload cut off may have started before the signal (the sync loop's), the one that
+  // completes after it (the final sync's): count both over the whole log.
+  if (!log.includes("signal received")) return false;
   const started = new Map<string, number>();
   const written = new Map<string, number>();
-  for (const line of log.slice(at).split("\n")) {
+  for (const line of log.split("\n")) {
     const m = /msg="(write wal segment|wal segment written)".* position=(\S+)/.exec(line);
     if (!m) continue;
     const counts = m[1] === "write wal segment" ? started : written;

@@ -275,4 +275,7 @@ Deno.test("hungOnPipe() tells v0.3.13's #524 shutdown hang from a clean shutdown
   assert.equal(hungOnPipe(hung.slice(0, 5).join("\n")), false);
   // The same lines before the signal are not a shutdown.
   assert.equal(hungOnPipe([...hung.slice(3), ...before].join("\n")), false);
+  // The cut-off upload began before the signal (the sync loop's), the final sync's after it.
+  const started = [...before, hung[3], signal, hung[4], hung[5]];
+  assert.equal(hungOnPipe(started.join("\n")), true);
 });

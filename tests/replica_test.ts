@@ -51,7 +51,10 @@ Deno.test("Replica takes a new snapshot when the shadow WAL it needs is gone", a
     assert.ok(i < 50, "checkpoints advanced the index");
   }
   const index = fx.db.pos()!.index;
-  await Deno.remove(fx.db.shadowWalPath(gen, 0));
+  // A closed replica holds no shadow file back: the Db may have removed it already.
+  await Deno.remove(fx.db.shadowWalPath(gen, 0)).catch((err) => {
+    if (!(err instanceof Deno.errors.NotFound)) throw err;
+  });
   await fx.reopen();
   await fx.sync();
   assert.equal(fx.db.generation, gen);

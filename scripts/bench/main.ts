@@ -11,7 +11,13 @@
  * 4. snapshot throughput: replicator start to snapshot file complete;
  * 5. CPU seconds and peak RSS of each replicator process during workloads 1 and 4;
  * 6. S3 requests per hour, idle and at 10 commits/s, counted by a proxy in front of moto;
- * 7. a writer without a busy timeout: failed commits, and our write-lock metrics (lock.ts).
+ * 7. a writer without a busy timeout: failed commits, and our write-lock metrics (lock.ts);
+ * 8. large transactions (5 × 20 MiB, 1 × 256 MiB): CPU and peak RSS of `replicate`, and the
+ *    RSS floor of an idle `deno run` and of idle replicators (big_txn.ts);
+ * 9. restores with CPU and peak RSS: a WAL-heavy replica, a snapshot-heavy one, and from S3
+ *    (restore_wal.ts);
+ * 10. 200 and 1000 databases in one daemon: CPU and peak RSS for start + 3 commits each, then
+ *    CPU over 20 idle seconds (many_dbs.ts).
  *
  * Timings are printed, never asserted.
  *
@@ -41,6 +47,9 @@ import {
 } from "./sqlite.ts";
 import { listReplica, MarkerWatcher, newestSegmentsHold } from "./replica_watch.ts";
 import { runS3Workload, s3Unavailable } from "./s3.ts";
+import { runRestoreWalWorkload } from "./restore_wal.ts";
+import { bigTxnRows, measureFloor, runBigTxnWorkload } from "./big_txn.ts";
+import { manyDbsRows, runManyDbsWorkload } from "./many_dbs.ts";
 import {
   freePort,
   lockDelta,
@@ -93,7 +102,7 @@ interface Settings {
   keep: boolean;
 }
 
-const USAGE = `Usage: deno task bench [--quick] [--only=1,2,3,4,5,6,7] [--keep]
+const USAGE = `Usage: deno task bench [--quick] [--only=1,2,3,4,5,6,7,8,9,10] [--keep]
 
   --quick   32 MiB database, fewer commits, 10 s S3 windows: a fast check
   --only    run only these workloads (3 and 4 run together; 5 comes with 1 and 4)
@@ -102,13 +111,13 @@ const USAGE = `Usage: deno task bench [--quick] [--only=1,2,3,4,5,6,7] [--keep]
 
 function parseSettings(args: string[]): Settings {
   let quick = false, keep = false;
-  let only = new Set([1, 2, 3, 4, 5, 6, 7]);
+  let only = new Set([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
   for (const a of args) {
     if (a === "--quick") quick = true;
     else if (a === "--keep") keep = true;
     else if (a.startsWith("--only=")) {
       only = new Set(a.slice(7).split(",").map((x) => Number(x.trim())));
-      if ([...only].some((n) => !(n >= 1 && n <= 7))) throw new RangeError(`Bad ${a}\n${USAGE}`);
+      if ([...only].some((n) => !(n >= 1 && n <= 10))) throw new RangeError(`Bad ${a}\n${USAGE}`);
     } else if (a === "--help" || a === "-h") {
       print(USAGE);
       Deno.exit(0);
@@ -630,6 +639,53 @@ async function lockWorkload(ctx: Ctx): Promise<void> {
   }
 }
 
+/** Workload 9: restores, each with CPU and peak RSS (see restore_wal.ts). */
+async function restoreWalWorkload(ctx: Ctx): Promise<void> {
+  const q = ctx.settings.quick;
+  const res = await runRestoreWalWorkload(ctx.tools, {
+    dir: ctx.tmp,
+    commits: ctx.settings.commits,
+    txnMb: q ? 8 : 20,
+    bigMb: ctx.settings.bigMb,
+    runs: q ? 1 : 3,
+  });
+  for (const x of res.rows) ctx.report.num(x.metric, x.ours, x.theirs, x.digits);
+  ctx.report.notes.push(...res.notes);
+}
+
+/** Workload 8: large transactions, and the RSS floor (see big_txn.ts). */
+async function bigTxnWorkload(ctx: Ctx): Promise<void> {
+  const q = ctx.settings.quick;
+  const r = ctx.report;
+  progress("8: RSS floor: an idle deno run, idle replicators");
+  const floor = await measureFloor(ctx.tools, `${ctx.tmp}/w8-floor`);
+  r.num("RSS floor: idle `deno run` of a timer (MiB)", floor.denoIdle, NaN, 1);
+  r.num(
+    "replicate, one idle db (MiB)",
+    floor.replicateIdle["ours"],
+    floor.replicateIdle["v0.3.13"],
+    1,
+  );
+  for (const [txnMb, count] of q ? [[20, 2], [64, 1]] : [[20, 5], [256, 1]]) {
+    const res = await runBigTxnWorkload(ctx.tools, { dir: ctx.tmp, txnMb, count });
+    const out = bigTxnRows({ txnMb, count }, res);
+    for (const x of out.rows) r.num(x.metric, x.ours, x.theirs, x.digits);
+    r.notes.push(...out.notes);
+  }
+}
+
+/** Workload 10: many databases in one daemon (see many_dbs.ts). */
+async function manyDbsWorkload(ctx: Ctx): Promise<void> {
+  const q = ctx.settings.quick;
+  const idleSeconds = q ? 5 : 20;
+  for (const dbs of q ? [50] : [200, 1000]) {
+    const res = await runManyDbsWorkload(ctx.tools, { dir: ctx.tmp, dbs, idleSeconds });
+    const out = manyDbsRows({ dbs, idleSeconds }, res);
+    for (const x of out.rows) ctx.report.num(x.metric, x.ours, x.theirs, x.digits);
+    ctx.report.notes.push(...out.notes);
+  }
+}
+
 async function main(args: string[]): Promise<number> {
   const settings = parseSettings(args);
   const started = performance.now();
@@ -676,6 +732,9 @@ async function main(args: string[]): Promise<number> {
       [[3, 4, 5], "snapshot/restore", bigDbWorkload],
       [[6], "S3 requests", s3Workload],
       [[7], "no busy timeout", lockWorkload],
+      [[8], "large transactions", bigTxnWorkload],
+      [[9], "restores", restoreWalWorkload],
+      [[10], "many databases", manyDbsWorkload],
     ];
     for (const [nums, name, fn] of workloads) {
       if (!nums.some((x) => settings.only.has(x))) continue;
