@@ -107,8 +107,9 @@ Deno.test("the WAL stays bounded while big transactions push far past the checkp
   }
   await daemon.stopCleanly("SIGTERM");
   const written = txns * rowsPerTxn * 4096;
-  // At most max-checkpoint-page-count plus the transactions committed while we checkpoint.
-  const bound = calcWalSize(4096, 1000 + 2 * (rowsPerTxn + 20));
+  // At most max-checkpoint-page-count plus the transactions committed while we checkpoint
+  // (a few on a loaded 2-core machine: the forced checkpoint first backfills without the lock).
+  const bound = calcWalSize(4096, 1000 + 4 * (rowsPerTxn + 20));
   assert.ok(written > 4 * bound, "the load is far larger than the bound");
   assert.ok(maxWal <= bound, `WAL grew to ${maxWal} bytes (bound ${bound})`);
   const segments = await walSegmentNames(replica);
