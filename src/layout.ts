@@ -23,6 +23,52 @@ export function isGenerationName(name: string): boolean {
   return GENERATION_REGEXP.test(name);
 }
 
+/**
+ * Returns `generation` if it is a generation name, so that a key built from it cannot leave
+ * the replica's layout.
+ *
+ * @throws {RangeError} If it is not 16 lowercase hex digits.
+ */
+export function checkGeneration(generation: string): string {
+  if (!isGenerationName(generation)) {
+    throw new RangeError(`Invalid generation name "${generation}": need 16 lowercase hex digits`);
+  }
+  return generation;
+}
+
+/** The last element of an object key or remote path (a trailing slash ignored). */
+export function baseName(key: string): string {
+  const trimmed = key.endsWith("/") ? key.slice(0, -1) : key;
+  return trimmed.slice(trimmed.lastIndexOf("/") + 1);
+}
+
+/** Cleans a key prefix like Go's `path.Clean` and drops leading and trailing slashes. */
+export function cleanKeyPath(path: string): string {
+  const out: string[] = [];
+  for (const part of path.split("/")) {
+    if (part === "" || part === ".") continue;
+    if (part === "..") out.pop();
+    else out.push(part);
+  }
+  return out.join("/");
+}
+
+/**
+ * Cleans a slash path like Go's `path.Clean`, keeping it absolute or relative (a relative
+ * one keeps its leading `..`), but returns `""` where Go returns `"."`.
+ */
+export function cleanPath(path: string): string {
+  const absolute = path.startsWith("/");
+  const out: string[] = [];
+  for (const part of path.split("/")) {
+    if (part === "" || part === ".") continue;
+    if (part !== "..") out.push(part);
+    else if (out.length > 0 && out.at(-1) !== "..") out.pop();
+    else if (!absolute) out.push("..");
+  }
+  return absolute ? `/${out.join("/")}` : out.join("/");
+}
+
 /** Returns a new random generation name. */
 export function newGenerationName(): string {
   const b = crypto.getRandomValues(new Uint8Array(8));

@@ -15,14 +15,9 @@
  */
 import { fileURLToPath } from "node:url";
 
-/**
- * True when running under CI, where a missing server must fail the tests rather than skip.
- * (The same rule as `isCi()` of `_s3_servers.ts`, which is not imported so that these tests
- * do not load fauxqs.)
- */
-export function isCi(): boolean {
-  return Deno.env.get("CI") === "true";
-}
+import { closedPort } from "./_helpers.ts";
+
+export { isCi } from "./_helpers.ts";
 
 const START_TIMEOUT_MS = 30_000;
 const START_ATTEMPTS = 3;
@@ -72,19 +67,12 @@ export async function startGcsServer(): Promise<GcsTestServer> {
   // session links): another process may take it first, so try a few.
   for (let attempt = 0; attempt < START_ATTEMPTS; attempt++) {
     try {
-      return await startOnce(freePort());
+      return await startOnce(closedPort());
     } catch (err) {
       last = err;
     }
   }
   throw last;
-}
-
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
 }
 
 async function startOnce(port: number): Promise<GcsTestServer> {

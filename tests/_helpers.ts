@@ -266,3 +266,16 @@ export async function waitFor(
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+/** True when running under CI, where a missing test server must fail the tests, not skip them. */
+export function isCi(): boolean {
+  return Deno.env.get("CI") === "true";
+}
+
+/** A loopback port that nothing listens on (free a moment ago): for servers to start on, or to refuse. */
+export function closedPort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = listener.addr as Deno.NetAddr;
+  listener.close();
+  return port;
+}

@@ -25,6 +25,9 @@ import { fileURLToPath } from "node:url";
 // deno-lint-ignore no-import-prefix
 import { startFauxqs } from "npm:fauxqs@2.4.1";
 import type { S3ReplicaClientOptions } from "../src/clients/s3.ts";
+import { closedPort, isCi } from "./_helpers.ts";
+
+export { closedPort, isCi };
 
 /** S3 server implementations the tests can start. */
 export type S3ServerKind = "moto" | "fauxqs";
@@ -62,11 +65,6 @@ const enc = new TextEncoder();
 /** All server kinds, in the order tests run them. */
 export function s3ServerKinds(): S3ServerKind[] {
   return ["moto", "fauxqs"];
-}
-
-/** True when running under CI, where a missing server must fail the tests rather than skip. */
-export function isCi(): boolean {
-  return Deno.env.get("CI") === "true";
 }
 
 /**
@@ -388,14 +386,6 @@ function makeServer(
     stop,
     [Symbol.asyncDispose]: stop,
   };
-}
-
-/** Returns a loopback port nothing listens on (it was free a moment ago). */
-export function closedPort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = listener.addr as Deno.NetAddr;
-  listener.close();
-  return port;
 }
 
 /** One request seen by {@linkcode S3Proxy}. */

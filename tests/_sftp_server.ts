@@ -44,10 +44,9 @@ const SSHD = "/usr/sbin/sshd";
 const START_TIMEOUT_MS = 15_000;
 const dec = new TextDecoder();
 
-/** True when running under CI, where a missing server must fail the tests rather than skip. */
-export function isCi(): boolean {
-  return Deno.env.get("CI") === "true";
-}
+import { closedPort } from "./_helpers.ts";
+
+export { isCi } from "./_helpers.ts";
 
 /** Returns why sshd cannot be started here, or `undefined` if it can. */
 export async function sftpServerUnavailable(): Promise<string | undefined> {
@@ -123,7 +122,7 @@ export async function startSftpServer(): Promise<SftpTestServer> {
     }
 
     for (let attempt = 1;; attempt++) {
-      const port = freePort();
+      const port = closedPort();
       const config = `${dir}/sshd_config`;
       await Deno.writeTextFile(
         config,
@@ -256,13 +255,6 @@ async function killChildren(pid: number): Promise<number> {
     } catch { /* already gone */ }
   }
   return killed;
-}
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = l.addr as Deno.NetAddr;
-  l.close();
-  return port;
 }
 
 async function keygen(path: string): Promise<void> {

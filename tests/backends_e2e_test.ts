@@ -19,7 +19,18 @@
 import assert from "node:assert/strict";
 import * as net from "node:net";
 import { basename } from "node:path";
-import { cli, createDb, dump, integrity, REPO, tempDir, waitFor, Writer } from "./_helpers.ts";
+import {
+  cli,
+  closedPort,
+  createDb,
+  dump,
+  integrity,
+  REPO,
+  tempDir,
+  waitFor,
+  Writer,
+} from "./_helpers.ts";
+import { randomName } from "./_conformance.ts";
 import { createLoadDb, Daemon, prepareWriter, writeLoad } from "./_daemon.ts";
 import { litestreamBin } from "./_oracle.ts";
 import { isCi, sftpServerUnavailable, startSftpServer } from "./_sftp_server.ts";
@@ -84,16 +95,6 @@ function spawn(name: string, program: string, args: string[], env?: Record<strin
 }
 
 /** A loopback port nothing listens on (just released by us). */
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = l.addr as Deno.NetAddr;
-  l.close();
-  return port;
-}
-
-function randomName(): string {
-  return `t${crypto.randomUUID().slice(0, 8)}`;
-}
 
 /** The sum of every series of the metric `name` in a Prometheus text page (0 if none). */
 function metricSum(text: string, name: string): number {
@@ -252,7 +253,7 @@ async function sftpRemote(): Promise<Remote> {
         secrets: [],
       }, {
         name: "unreachable server",
-        place: { keys: { ...base, host: `127.0.0.1:${freePort()}` }, env: {} },
+        place: { keys: { ...base, host: `127.0.0.1:${closedPort()}` }, env: {} },
         restore: /cannot connect to 127\.0\.0\.1:\d+: connection refused/,
         secrets: [],
       }];
@@ -303,7 +304,7 @@ async function gcsRemote(): Promise<Remote> {
         secrets: [],
       }, {
         name: "unreachable server",
-        place: place(path, `127.0.0.1:${freePort()}`),
+        place: place(path, `127.0.0.1:${closedPort()}`),
         restore: /cannot connect to 127\.0\.0\.1:\d+: connection refused/,
         secrets: [],
       }];
@@ -367,7 +368,7 @@ async function absRemote(): Promise<Remote> {
         secrets: [server.accountKey],
       }, {
         name: "unreachable server",
-        place: place(path, `127.0.0.1:${freePort()}`),
+        place: place(path, `127.0.0.1:${closedPort()}`),
         restore: /cannot connect to 127\.0\.0\.1:\d+: connection refused/,
         secrets: [server.accountKey],
       }]);
@@ -617,7 +618,7 @@ async function oursToBoth({ remote, dir, age }: Env): Promise<void> {
   const path = remote.newPath(dir);
   await using tap = remote.hostPort ? await startTap(remote.hostPort) : undefined;
   const place = remote.place(path, tap?.hostPort);
-  const addr = `127.0.0.1:${freePort()}`;
+  const addr = `127.0.0.1:${closedPort()}`;
   const config = await writeConfig(`${dir}/litestream.yml`, db, place, {
     addr,
     age,
@@ -675,7 +676,7 @@ async function oracleToOurs({ remote, dir, age }: Env): Promise<void> {
   const path = remote.newPath(dir);
   await using tap = remote.hostPort ? await startTap(remote.hostPort) : undefined;
   const place = remote.place(path, tap?.hostPort);
-  const addr = `127.0.0.1:${freePort()}`;
+  const addr = `127.0.0.1:${closedPort()}`;
   const config = await writeConfig(`${dir}/litestream.yml`, db, place, {
     addr,
     age,
@@ -753,7 +754,7 @@ async function failures({ remote, dir }: Env): Promise<void> {
     );
     assert.deepEqual(await leftovers(out), [], `restore (${c.name}) wrote nothing`);
 
-    const addr = `127.0.0.1:${freePort()}`;
+    const addr = `127.0.0.1:${closedPort()}`;
     const rconfig = await writeConfig(`${dir}/fail-${i}-r.yml`, db, c.place, {
       addr,
       db: FAST_DB,

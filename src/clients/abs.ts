@@ -32,6 +32,9 @@
  * @module
  */
 import {
+  baseName,
+  checkGeneration,
+  cleanKeyPath,
   generationKey,
   GENERATIONS_DIR,
   isGenerationName,
@@ -160,17 +163,6 @@ export function defaultAbsEndpoint(accountName: string): string {
 /** `abs://user:secret@…` → `abs://user@…`, for messages. */
 function redactUrlPassword(url: string): string {
   return url.replace(/^(abs:\/\/[^/?#:@]*):[^/?#]*@/i, "$1@");
-}
-
-/** Cleans a blob-name prefix like Go's `path.Clean` and drops leading and trailing slashes. */
-function cleanKeyPath(path: string): string {
-  const out: string[] = [];
-  for (const part of path.split("/")) {
-    if (part === "" || part === ".") continue;
-    if (part === "..") out.pop();
-    else out.push(part);
-  }
-  return out.join("/");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1072,18 +1064,6 @@ function randomHex(bytes: number): string {
     crypto.getRandomValues(new Uint8Array(bytes)),
     (b) => b.toString(16).padStart(2, "0"),
   ).join("");
-}
-
-function checkGeneration(generation: string): string {
-  if (!isGenerationName(generation)) {
-    throw new RangeError(`Invalid generation name "${generation}": need 16 lowercase hex digits`);
-  }
-  return generation;
-}
-
-function baseName(key: string): string {
-  const trimmed = key.endsWith("/") ? key.slice(0, -1) : key;
-  return trimmed.slice(trimmed.lastIndexOf("/") + 1);
 }
 
 /** Resolves like `promise`, or rejects with the signal's reason as soon as it aborts. */

@@ -48,6 +48,9 @@
  * @module
  */
 import {
+  baseName,
+  checkGeneration,
+  cleanPath,
   generationKey,
   GENERATIONS_DIR,
   isGenerationName,
@@ -189,19 +192,6 @@ function checkEndpoint(endpoint: string): string {
     throw new SyntaxError(`Cannot use GCS endpoint "${endpoint}": expected an http(s) URL`);
   }
   return endpoint.replace(/\/+$/, "");
-}
-
-/** Cleans a slash path like Go's `path.Clean`, but returns "" where Go returns ".". */
-function cleanPath(path: string): string {
-  const rooted = path.startsWith("/");
-  const out: string[] = [];
-  for (const part of path.split("/")) {
-    if (part === "" || part === ".") continue;
-    if (part !== "..") out.push(part);
-    else if (out.length > 0 && out[out.length - 1] !== "..") out.pop();
-    else if (!rooted) out.push("..");
-  }
-  return (rooted ? "/" : "") + out.join("/");
 }
 
 /** Joins object-name parts like Go's `path.Join`: empty parts are skipped, the result cleaned. */
@@ -911,18 +901,6 @@ export class GcsReplicaClient implements ReplicaClient {
       token = page.nextPageToken || undefined;
     } while (token);
   }
-}
-
-function checkGeneration(generation: string): string {
-  if (!isGenerationName(generation)) {
-    throw new RangeError(`Invalid generation name "${generation}": need 16 lowercase hex digits`);
-  }
-  return generation;
-}
-
-function baseName(name: string): string {
-  const trimmed = name.endsWith("/") ? name.slice(0, -1) : name;
-  return trimmed.slice(trimmed.lastIndexOf("/") + 1);
 }
 
 function created(obj: GcsObject): Date {

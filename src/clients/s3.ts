@@ -28,6 +28,9 @@ import {
 } from "@aws-sdk/client-s3";
 import { Upload } from "@aws-sdk/lib-storage";
 import {
+  baseName,
+  checkGeneration,
+  cleanKeyPath,
   generationKey,
   GENERATIONS_DIR,
   isGenerationName,
@@ -168,17 +171,6 @@ function decodeUrlPath(url: string, path: string): string {
       cause: err,
     });
   }
-}
-
-/** Cleans a key prefix like Go's `path.Clean` and drops leading and trailing slashes. */
-function cleanKeyPath(path: string): string {
-  const out: string[] = [];
-  for (const part of path.split("/")) {
-    if (part === "" || part === ".") continue;
-    if (part === "..") out.pop();
-    else out.push(part);
-  }
-  return out.join("/");
 }
 
 export { applyLitestreamEnv } from "./env.ts";
@@ -817,18 +809,6 @@ class S3DeleteError extends Error {
     super(message, options);
     this.name = "S3DeleteError";
   }
-}
-
-function checkGeneration(generation: string): string {
-  if (!isGenerationName(generation)) {
-    throw new RangeError(`Invalid generation name "${generation}": need 16 lowercase hex digits`);
-  }
-  return generation;
-}
-
-function baseName(key: string): string {
-  const trimmed = key.endsWith("/") ? key.slice(0, -1) : key;
-  return trimmed.slice(trimmed.lastIndexOf("/") + 1);
 }
 
 /** Passes `stream` through, replacing the error it fails with by `translate(error)`. */

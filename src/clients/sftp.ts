@@ -27,6 +27,7 @@ import * as net from "node:net";
 // deno-lint-ignore no-import-prefix
 import ssh2 from "npm:ssh2@1.17.0";
 import {
+  cleanPath,
   generationKey,
   GENERATIONS_DIR,
   isGenerationName,
@@ -174,19 +175,6 @@ function splitHostPort(hostPort: string): { hostname: string; port: number } {
   } // several colons: a bare IPv6 address
   if (!hostname || !/^\d{1,5}$/.test(port) || Number(port) > 65535) throw bad();
   return { hostname, port: Number(port) };
-}
-
-/** Cleans a remote path like Go's `path.Clean`, keeping it relative or absolute; `""` stays. */
-function cleanPath(path: string): string {
-  const absolute = path.startsWith("/");
-  const out: string[] = [];
-  for (const part of path.split("/")) {
-    if (part === "" || part === ".") continue;
-    if (part !== "..") out.push(part);
-    else if (out.length > 0 && out.at(-1) !== "..") out.pop();
-    else if (!absolute) out.push("..");
-  }
-  return absolute ? `/${out.join("/")}` : out.join("/");
 }
 
 function parentDir(path: string): string {
