@@ -29,10 +29,17 @@ import {
 } from "./sqlite.ts";
 import { calcWalSize } from "./wal.ts";
 import { delay } from "./internal/delay.ts";
-import type { DbMetrics } from "./metrics.ts";
+import { type DbMetrics, LONG_WRITE_LOCK_SECONDS } from "./metrics.ts";
 
-/** How long one attempt at the write lock retries at once before yielding (see lockWrites). */
+/** How long one attempt at the write lock retries at once before yielding (see withWriteLock). */
 const WRITE_LOCK_SPIN_MS = 2;
+/**
+ * A forced checkpoint takes the write lock once the frames its lock-free backfill left
+ * behind are this few (their copy and backfill is then the whole hold)…
+ */
+const LOCKED_TAIL_FRAMES = 32;
+/** …or after this many lock-free rounds, or as soon as a round leaves a longer tail. */
+const CATCH_UP_ROUNDS = 8;
 /** A write of ours that starts a new WAL life (or creates the WAL) when none is there. */
 export const UPSERT_SEQ =
   "INSERT INTO _litestream_seq (id, seq) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET seq = seq + 1";
@@ -137,7 +144,7 @@ export type CopyFrames = () => number;
 export interface CheckpointConnections {
   /** Two read-only connections: one holds the read transaction while the other takes over. */
   readers: [Connection, Connection];
-  /** Takes the write lock (no busy timeout: lockWrites retries itself). */
+  /** Takes the write lock (no busy timeout: withWriteLock retries itself). */
   write: Connection;
   /** Runs checkpoints and our own writes; never holds a read transaction. */
   ckpt: Connection;
@@ -223,30 +230,47 @@ export class Checkpointer {
       let at = options.position();
       let result: CheckpointResult = { busy: 1, log: 0, checkpointed: 0 };
       let complete = false;
-      if (handOver()) {
+      // One lock-free round: hand over to the WAL's end, then backfill up to it.
+      const round = () => {
+        if (!handOver()) return false;
         at = options.position();
         result = this.#c.ckpt.checkpoint("PASSIVE");
         complete = isComplete(result);
+        return true;
+      };
+      const needsLock = () => !restarted && ((!complete && mode !== "PASSIVE") || options.exact);
+      if (round() && needsLock()) {
+        // Writers committed during the backfill. Catch up without the lock while each round
+        // leaves a shorter tail, so that the hold below covers a few frames only.
+        let tail = tailFrames(result);
+        for (let i = 0; i < CATCH_UP_ROUNDS && tail > LOCKED_TAIL_FRAMES; i++) {
+          if (!round() || !needsLock()) break;
+          const next = tailFrames(result);
+          if (next >= tail) break; // the writers outpace the backfill: lock now
+          tail = next;
+        }
       }
       if (complete && !options.exact) {
         // Re-begin on read mark 0 (if nothing was committed since), so that the next write
         // of the application restarts the WAL.
         handOver();
-      } else if (!restarted && ((!complete && mode !== "PASSIVE") || options.exact)) {
+      } else if (needsLock()) {
         complete = false; // with `exact`, only a backfill under the lock counts
-        if (await this.lockWrites(this.#busyTimeoutMs)) {
-          try {
-            // The tail: no writer can add to it now.
-            if (handOver()) {
-              at = options.position();
-              result = this.#c.ckpt.checkpoint("PASSIVE");
-              complete = isComplete(result);
-              if (complete) handOver(); // on read mark 0: nothing left to copy
-            }
-          } finally {
-            this.unlockWrites();
+        await this.withWriteLock(this.#busyTimeoutMs, () => {
+          const n = copy(); // the tail: no writer can add to it now
+          if (n < 0) {
+            restarted = true;
+            return;
           }
-        }
+          copied += n;
+          at = options.position();
+          const tq = performance.now();
+          result = this.#backfillLocked();
+          if (Deno.env.get("HOLDDBG")) {
+            console.error("HOLD", n, (performance.now() - tq).toFixed(3));
+          }
+          complete = isComplete(result);
+        });
       }
       let truncated = false;
       if (complete && !restarted && mode === "TRUNCATE") truncated = this.#truncate();
@@ -261,6 +285,24 @@ export class Checkpointer {
       m.checkpointCount[mode] = (m.checkpointCount[mode] ?? 0) + 1;
       m.checkpointSeconds[mode] = (m.checkpointSeconds[mode] ?? 0) +
         (performance.now() - t0) / 1000;
+    }
+  }
+
+  /**
+   * Backfills the whole WAL while we hold the write lock and the shadow holds every frame.
+   * Neither a writer nor anyone's RESTART or TRUNCATE checkpoint (they need the write lock
+   * too) can change the WAL meanwhile, so our read transaction may end for the moment: it
+   * would stop the backfill at our read mark. It begins again at the WAL's end (on read
+   * mark 0 if the backfill completed, so that the next write restarts the WAL), also if the
+   * checkpoint throws.
+   */
+  #backfillLocked(): CheckpointResult {
+    const r = this.#c.readers[this.#cur];
+    if (r.inTransaction) r.exec("ROLLBACK");
+    try {
+      return this.#c.ckpt.checkpoint("PASSIVE");
+    } finally {
+      beginRead(r);
     }
   }
 
@@ -298,38 +340,45 @@ export class Checkpointer {
     }
   }
 
-  #lockedAt = 0;
-
   /**
-   * Takes the write lock on our write connection. SQLite's own busy handler sleeps 1, 2, 5…
-   * ms between tries, blocking our event loop meanwhile (node:sqlite is synchronous). So the
-   * connection has no busy timeout and we retry at once for WRITE_LOCK_SPIN_MS, then yield
-   * 1 ms, until `waitMs`.
+   * Takes the write lock on our write connection, runs `locked` and releases the lock, all
+   * in one synchronous stretch: no other task of ours (an upload's continuation, say) can run
+   * while we hold it. SQLite's own busy handler sleeps 1, 2, 5… ms between tries, blocking
+   * our event loop meanwhile (node:sqlite is synchronous), so the connection has no busy
+   * timeout and we retry at once for WRITE_LOCK_SPIN_MS, then yield 1 ms, until `waitMs`.
+   *
+   * @returns false if the lock was not free within `waitMs` (`locked` did not run)
    */
-  async lockWrites(waitMs: number): Promise<boolean> {
+  async withWriteLock(waitMs: number, locked: () => void): Promise<boolean> {
     const until = performance.now() + waitMs;
-    for (;;) {
-      const spinUntil = performance.now() + WRITE_LOCK_SPIN_MS;
-      do {
-        try {
-          this.#c.write.exec("BEGIN IMMEDIATE");
-          this.#lockedAt = performance.now();
-          return true;
-        } catch (err) {
-          if (!isBusyError(err)) throw err;
-        }
-      } while (performance.now() < spinUntil);
+    let spinUntil = performance.now() + WRITE_LOCK_SPIN_MS;
+    while (!this.#tryBeginImmediate()) {
+      if (performance.now() < spinUntil) continue;
       if (performance.now() >= until) return false;
       await delay(1);
+      spinUntil = performance.now() + WRITE_LOCK_SPIN_MS;
     }
+    const t0 = performance.now();
+    try {
+      locked();
+    } finally {
+      try {
+        this.#c.write.exec("ROLLBACK");
+      } finally {
+        this.#recordHold(performance.now() - t0);
+      }
+    }
+    return true;
   }
 
-  /** Releases the write lock and records how long it was held. */
-  unlockWrites(): void {
+  /** One try at the write lock: false if another connection holds it. */
+  #tryBeginImmediate(): boolean {
     try {
-      this.#c.write.exec("ROLLBACK");
-    } finally {
-      this.#recordHold(performance.now() - this.#lockedAt);
+      this.#c.write.exec("BEGIN IMMEDIATE");
+      return true;
+    } catch (err) {
+      if (!isBusyError(err)) throw err;
+      return false;
     }
   }
 
@@ -338,6 +387,7 @@ export class Checkpointer {
     m.writeLockCount++;
     m.writeLockSeconds += s;
     if (s > m.writeLockMaxSeconds) m.writeLockMaxSeconds = s;
+    if (s > LONG_WRITE_LOCK_SECONDS) m.writeLockLongCount++;
   }
 }
 
@@ -349,6 +399,11 @@ function beginRead(r: Connection): void {
     r.exec("ROLLBACK");
     throw err;
   }
+}
+
+/** Frames of the WAL that a checkpoint left behind (committed after our read mark). */
+function tailFrames(r: CheckpointResult): number {
+  return Math.max(0, r.log - r.checkpointed);
 }
 
 function isComplete(r: CheckpointResult): boolean {

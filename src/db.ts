@@ -351,7 +351,7 @@ export class Db implements AsyncDisposable {
       ckpt.exec("CREATE TABLE IF NOT EXISTS _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER)");
       ckpt.exec("CREATE TABLE IF NOT EXISTS _litestream_lock (id INTEGER)");
       this.#pageSize = Number(ckpt.get<{ page_size: number }>("PRAGMA page_size")!.page_size);
-      // No busy timeout: Checkpointer.lockWrites retries itself (SQLite's handler would block us).
+      // No busy timeout: Checkpointer.withWriteLock retries itself (SQLite's handler would block us).
       const write = new Connection(this.path, { busyTimeoutMs: 0 });
       this.#conns.push(write);
       write.exec("PRAGMA wal_autocheckpoint = 0");

@@ -34,7 +34,12 @@ export interface DbMetrics {
   writeLockSeconds: number;
   /** Longest single hold of SQLite's write lock, in seconds. */
   writeLockMaxSeconds: number;
+  /** Holds of SQLite's write lock longer than {@linkcode LONG_WRITE_LOCK_SECONDS}. */
+  writeLockLongCount: number;
 }
+
+/** A hold of the write lock longer than this is counted apart (the goal is at most 2 ms). */
+export const LONG_WRITE_LOCK_SECONDS = 0.002;
 
 /** Per-replica metrics, updated by {@linkcode Replica}. */
 export interface ReplicaMetrics {
@@ -67,6 +72,7 @@ export function newDbMetrics(db: string): DbMetrics {
     writeLockCount: 0,
     writeLockSeconds: 0,
     writeLockMaxSeconds: 0,
+    writeLockLongCount: 0,
   };
 }
 
@@ -250,6 +256,12 @@ export function formatMetrics(
     "gauge",
     "Longest single hold of SQLite's write lock by the replicator, in seconds",
     perDb((m) => m.writeLockMaxSeconds),
+  );
+  family(
+    "litestream_write_lock_long_count",
+    "counter",
+    "Number of holds of SQLite's write lock by the replicator longer than 2 ms",
+    perDb((m) => m.writeLockLongCount),
   );
   family(
     "litestream_replica_wal_bytes",

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { DatabaseSync } from "node:sqlite";
+import { DatabaseSync, type StatementSync } from "node:sqlite";
 
 /** Result row of `PRAGMA wal_checkpoint`. */
 export interface CheckpointResult {
@@ -29,6 +29,8 @@ export function isBusyError(err: unknown): boolean {
 /** One SQLite connection with the options the replicator needs. */
 export class Connection {
   readonly #db: DatabaseSync;
+  /** Prepared once: some run inside our holds of the write lock, where every µs counts. */
+  readonly #statements = new Map<string, StatementSync>();
   readonly path: string;
 
   constructor(path: string, options: { readOnly?: boolean; busyTimeoutMs?: number } = {}) {
@@ -45,12 +47,21 @@ export class Connection {
 
   /** Runs a statement that returns one row and gives that row. */
   get<T = Record<string, unknown>>(sql: string, ...params: (string | number)[]): T | undefined {
-    return this.#db.prepare(sql).get(...params) as T | undefined;
+    return this.#prepare(sql).get(...params) as T | undefined;
   }
 
   /** Runs a write statement through prepare() so that errors carry SQLite's errcode. */
   run(sql: string, ...params: (string | number)[]): void {
-    this.#db.prepare(sql).run(...params);
+    this.#prepare(sql).run(...params);
+  }
+
+  #prepare(sql: string): StatementSync {
+    let st = this.#statements.get(sql);
+    if (!st) {
+      st = this.#db.prepare(sql);
+      this.#statements.set(sql, st);
+    }
+    return st;
   }
 
   get inTransaction(): boolean {
@@ -59,7 +70,7 @@ export class Connection {
 
   /** Runs `PRAGMA wal_checkpoint(mode)` and returns its row. */
   checkpoint(mode: CheckpointMode): CheckpointResult {
-    const row = this.#db.prepare(`PRAGMA wal_checkpoint(${mode})`).get() as Record<
+    const row = this.#prepare(`PRAGMA wal_checkpoint(${mode})`).get() as Record<
       string,
       number
     >;
@@ -72,6 +83,7 @@ export class Connection {
   }
 
   close(): void {
+    this.#statements.clear();
     if (this.#db.isOpen) this.#db.close();
   }
 }

@@ -94,7 +94,7 @@ Deno.test("the WAL stays bounded while big transactions push far past the checkp
   await using _w = w;
   // The application leaves checkpointing to the replicator, as Litestream recommends.
   await w.exec("PRAGMA wal_autocheckpoint = 0");
-  const txns = 96, rowsPerTxn = 150;
+  const txns = 128, rowsPerTxn = 150;
   await using daemon = Daemon.ours(["replicate", "-config", config]);
   await waitForReplica(replica, 1, 15_000, daemon);
   // The WAL file only grows within a life and never shrinks (no TRUNCATE here): its size
@@ -107,10 +107,12 @@ Deno.test("the WAL stays bounded while big transactions push far past the checkp
   }
   await daemon.stopCleanly("SIGTERM");
   const written = txns * rowsPerTxn * 4096;
-  // At most max-checkpoint-page-count plus the transactions committed while a checkpoint
-  // runs: the forced one first backfills its ~1000 pages without the lock, and on a loaded
-  // 2-core machine the writer commits up to ~10 of these transactions meanwhile.
-  const bound = calcWalSize(4096, 1000 + 12 * (rowsPerTxn + 20));
+  // Bounded, not growing with the load: max-checkpoint-page-count plus the transactions
+  // committed while a forced checkpoint backfills without the lock. How many those are
+  // depends on the disk (its fsyncs) and the machine's load: here ~2 of these transactions,
+  // on a CI machine once ~14. Four times max-checkpoint-page-count covers that, and the load
+  // is more than four times larger still.
+  const bound = calcWalSize(4096, 4 * 1000);
   assert.ok(written > 4 * bound, "the load is far larger than the bound");
   assert.ok(maxWal <= bound, `WAL grew to ${maxWal} bytes (bound ${bound})`);
   // deno-lint-ignore no-console

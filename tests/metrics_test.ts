@@ -447,7 +447,13 @@ async function compare(dir: string, targets: Record<Tool, Target>): Promise<void
     assert.equal(our.type, family.type, `type of ${name}`);
     assert.deepEqual(our.labelNames, family.labelNames, `label names of ${name}`);
   }
-  for (const name of ["litestream_write_lock_count", "litestream_write_lock_seconds"]) {
+  for (
+    const name of [
+      "litestream_write_lock_count",
+      "litestream_write_lock_seconds",
+      "litestream_write_lock_long_count",
+    ]
+  ) {
     assert.deepEqual([mine.get(name)?.type, mine.get(name)?.labelNames], ["counter", ["db"]]);
   }
   assert.deepEqual(

@@ -8,6 +8,11 @@
  *   transaction), in one `sqlite3` process.
  * - B: three rounds of one 5000-row INSERT … SELECT (rows of ~150 bytes) followed by 300
  *   single-row INSERTs, in one `sqlite3` process.
+ * - C: forced checkpoints, the only ones for which ours takes the write lock: 20000
+ *   single-row INSERTs back to back with `max-checkpoint-page-count: 400` (and
+ *   `min-checkpoint-page-count: 100`), once with a busy timeout (`.timeout 5000`, where the
+ *   writer's own `.timer` shows the longest stall a checkpoint caused, in either tool) and
+ *   once without (failed commits).
  *
  * Both tools run from the same config file apart from the binary: default settings, one file
  * replica, and `addr:` so that ours serves its metrics (v0.3.13 has no write-lock metric).
@@ -54,11 +59,13 @@ export async function writeReplicateConfig(
   db: string,
   replica: string,
   port: number,
+  dbSettings: Record<string, number> = {},
 ): Promise<void> {
   const yaml = [
     `addr: "127.0.0.1:${port}"`,
     "dbs:",
     `  - path: ${JSON.stringify(db)}`,
+    ...Object.entries(dbSettings).map(([k, v]) => `    ${k}: ${v}`),
     "    replicas:",
     "      - type: file",
     `        path: ${JSON.stringify(replica)}`,
@@ -85,10 +92,7 @@ async function scrapeMetrics(port: number): Promise<string | undefined> {
 export async function scrapeWriteLock(port: number): Promise<LockFigures | undefined> {
   const text = await scrapeMetrics(port);
   if (text === undefined) return undefined;
-  const values = (name: string) =>
-    [...text.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, "gm"))].map((m) =>
-      Number(m[1])
-    );
+  const values = (name: string) => metricValues(text, name);
   const count = values("litestream_write_lock_count");
   const seconds = values("litestream_write_lock_seconds");
   const max = values("litestream_write_lock_max_seconds");
@@ -99,6 +103,21 @@ export async function scrapeWriteLock(port: number): Promise<LockFigures | undef
     totalMs: sum(seconds) * 1000,
     maxMs: max.length > 0 ? Math.max(...max) * 1000 : NaN,
   };
+}
+
+/** Values of every sample of the family `name` in `text`, whose labels contain `labels`. */
+function metricValues(text: string, name: string, labels = ""): number[] {
+  return [...text.matchAll(new RegExp(`^${name}(\\{[^}]*\\})? (\\S+)$`, "gm"))]
+    .filter((m) => (m[1] ?? "").includes(labels))
+    .map((m) => Number(m[2]));
+}
+
+/** `litestream_checkpoint_count{mode="RESTART"}` summed over databases (both tools export it). */
+async function scrapeRestartCheckpoints(port: number): Promise<number | undefined> {
+  const text = await scrapeMetrics(port);
+  if (text === undefined) return undefined;
+  return metricValues(text, "litestream_checkpoint_count", 'mode="RESTART"')
+    .reduce((a, b) => a + b, 0);
 }
 
 /** Lock figures over a stretch of time: counters as the difference, the longest hold as of the end. */
@@ -140,7 +159,15 @@ export interface LockWorkloadOptions {
   bulkRows?: number;
   /** B: single-row INSERTs after each bulk INSERT. @default {300} */
   roundSingles?: number;
+  /** C: single-row INSERTs back to back. @default {20000} */
+  forcedSingles?: number;
 }
+
+/** The db settings of workload C: forced checkpoints every few hundred pages. */
+export const FORCED_SETTINGS = {
+  "min-checkpoint-page-count": 100,
+  "max-checkpoint-page-count": 400,
+};
 
 /** Failures of one writer script, checked against the table. */
 export interface ScriptResult {
@@ -163,12 +190,28 @@ export interface ScriptResult {
   lock?: LockFigures;
   /** Ours only: the longest hold before the writer started (start-up, initial snapshot). */
   lockMaxBeforeMs?: number;
+  /** With `timer`: the statements' times as the writer saw them, in ms (1 ms resolution). */
+  latency?: { p50: number; p99: number; max: number; over2ms: number };
+  /** RESTART checkpoints the tool counted while the writer ran (its `litestream_checkpoint_count`). */
+  restarts?: number;
+  /** Largest size of the `-wal` file seen (sampled every 2 ms while the writer ran). */
+  walPeakBytes: number;
 }
 
-/** Both workloads for one tool. */
+/** How one run of a workload is set up. */
+interface RunOptions extends ScriptOptions {
+  /** Keys of the db's config entry, for both tools. */
+  dbSettings?: Record<string, number>;
+}
+
+/** Every workload for one tool. */
 export interface LockToolResult {
   a: ScriptResult;
   b: ScriptResult;
+  /** C with a busy timeout. */
+  c: ScriptResult;
+  /** C without one. */
+  cNoTimeout: ScriptResult;
 }
 
 /** Above every marker the workloads use: the commit that shows the replica has settled. */
@@ -191,27 +234,49 @@ function bulkInsertSql(round: number, rows: number): string {
 }
 
 const ERROR_LINE_REGEXP = /^(?:Parse|Runtime) error near line (\d+): (.*)$/;
+const TIMER_LINE_REGEXP = /^Run Time: real (\d+\.\d+) /;
+
+/** How a writer script runs. */
+interface ScriptOptions {
+  /** The CLI's `.timeout` (a busy timeout); none if undefined. */
+  busyTimeoutMs?: number;
+  /** Time every statement with the CLI's `.timer` (1 ms resolution). */
+  timer?: boolean;
+}
 
 /**
- * Feeds `statements` to one `sqlite3` process, one per line, with no busy timeout and
- * `.bail off` (the CLI's default when not interactive, set anyway), and returns which
- * failed, by the line number the CLI names in each error.
+ * Feeds `statements` to one `sqlite3` process, one per line, with `.bail off` (the CLI's
+ * default when not interactive, set anyway) and no busy timeout unless asked, and returns
+ * which failed, by the line number the CLI names in each error, and the statements' times.
  */
 async function runScript(
   db: string,
   statements: Statement[],
-): Promise<{ failedLines: Map<number, string>; unmatched: string[]; seconds: number }> {
-  const script = statements.map((s) => s.sql).join("\n") + "\n";
+  options: ScriptOptions = {},
+): Promise<
+  { failedLines: Map<number, string>; unmatched: string[]; seconds: number; timesMs: number[] }
+> {
+  const pre = [
+    ...(options.busyTimeoutMs !== undefined ? [`.timeout ${options.busyTimeoutMs}`] : []),
+    ...(options.timer ? [".timer on"] : []),
+  ];
+  const script = [...pre, ...statements.map((s) => s.sql)].join("\n") + "\n";
   const r = await runTimed({ cmd: "sqlite3", args: ["-cmd", ".bail off", db] }, script);
   const failedLines = new Map<number, string>();
   const unmatched: string[] = [];
   for (const line of r.stderr.split("\n")) {
     if (!line.trim()) continue;
     const m = ERROR_LINE_REGEXP.exec(line);
-    if (m) failedLines.set(Number(m[1]), m[2]);
+    // The CLI numbers lines of its input: the dot-commands come first.
+    if (m) failedLines.set(Number(m[1]) - pre.length, m[2]);
     else unmatched.push(line);
   }
-  return { failedLines, unmatched, seconds: r.ms / 1000 };
+  const timesMs: number[] = [];
+  for (const line of r.stdout.split("\n")) {
+    const m = TIMER_LINE_REGEXP.exec(line);
+    if (m) timesMs.push(Number(m[1]) * 1000);
+  }
+  return { failedLines, unmatched, seconds: r.ms / 1000, timesMs };
 }
 
 /** Rows of `t` carrying a marker (single-row INSERTs) and not (bulk rows, and the first row). */
@@ -239,6 +304,7 @@ async function runOne(
   tool: Tool,
   dir: string,
   statements: Statement[],
+  options: RunOptions = {},
 ): Promise<ScriptResult> {
   await Deno.mkdir(dir, { recursive: true });
   const db = `${dir}/db`;
@@ -247,15 +313,28 @@ async function runOne(
   await createDb(db);
   const before = await countRows(db);
   const port = freePort();
-  await writeReplicateConfig(config, db, replica, port);
+  await writeReplicateConfig(config, db, replica, port, options.dbSettings);
   const rep = new Replicator(tools, tool, ["-config", config], `${dir}/replicate.log`);
   try {
     await waitReady(rep, replica);
     await waitMetrics(rep, port);
     await sleep(500);
     const lock0 = tool === "ours" ? await scrapeWriteLock(port) : undefined;
+    const restarts0 = await scrapeRestartCheckpoints(port);
 
-    const { failedLines, unmatched, seconds } = await runScript(db, statements);
+    let walPeakBytes = 0, writing = true;
+    const sampler = (async () => {
+      while (writing) {
+        try {
+          walPeakBytes = Math.max(walPeakBytes, (await Deno.stat(`${db}-wal`)).size);
+        } catch { /* between a TRUNCATE and the next write */ }
+        await sleep(2);
+      }
+    })();
+    const script = await runScript(db, statements, options).finally(() => writing = false);
+    await sampler;
+    const { failedLines, unmatched, seconds, timesMs } = script;
+    const restarts1 = await scrapeRestartCheckpoints(port);
     const after = await countRows(db);
 
     // Let the replica settle: a commit that waits for the lock, then until it is replicated.
@@ -308,10 +387,28 @@ async function runOne(
       seconds,
       lock: lockDelta(lock0, lock1),
       lockMaxBeforeMs: lock0?.maxMs,
+      latency: options.timer ? latencyFigures(timesMs) : undefined,
+      restarts: restarts0 !== undefined && restarts1 !== undefined
+        ? restarts1 - restarts0
+        : undefined,
+      walPeakBytes,
     };
   } finally {
     await rep.stop();
   }
+}
+
+/** p50, p99 and the longest of `timesMs`, and how many exceed 2 ms. */
+function latencyFigures(timesMs: number[]): ScriptResult["latency"] {
+  if (timesMs.length === 0) return undefined;
+  const sorted = [...timesMs].sort((a, b) => a - b);
+  const q = (p: number) => sorted[Math.floor(p * (sorted.length - 1))];
+  return {
+    p50: q(0.5),
+    p99: q(0.99),
+    max: sorted.at(-1)!,
+    over2ms: sorted.filter((t) => t > 2).length,
+  };
 }
 
 /** Statements of workload A: `n` single-row INSERTs. */
@@ -339,7 +436,13 @@ export async function runLockWorkload(
   tools: ToolSet,
   options: LockWorkloadOptions,
 ): Promise<Record<Tool, LockToolResult>> {
-  const { singles = 2000, rounds = 3, bulkRows = 5000, roundSingles = 300 } = options;
+  const {
+    singles = 2000,
+    rounds = 3,
+    bulkRows = 5000,
+    roundSingles = 300,
+    forcedSingles = 20000,
+  } = options;
   const out = {} as Record<Tool, LockToolResult>;
   for (const tool of TOOLS) {
     progress(`7: no busy timeout, A: ${singles} single-row commits, ${tool} replicating`);
@@ -354,7 +457,18 @@ export async function runLockWorkload(
       `${options.dir}/w7b-${tool}`,
       workloadB(rounds, bulkRows, roundSingles),
     );
-    out[tool] = { a, b };
+    const forced = workloadA(forcedSingles);
+    progress(`7: forced checkpoints, C: ${forcedSingles} commits with .timeout 5000, ${tool}`);
+    const c = await runOne(tools, tool, `${options.dir}/w7c-${tool}`, forced, {
+      dbSettings: FORCED_SETTINGS,
+      busyTimeoutMs: 5000,
+      timer: true,
+    });
+    progress(`7: forced checkpoints, C: ${forcedSingles} commits, no busy timeout, ${tool}`);
+    const cNoTimeout = await runOne(tools, tool, `${options.dir}/w7d-${tool}`, forced, {
+      dbSettings: FORCED_SETTINGS,
+    });
+    out[tool] = { a, b, c, cNoTimeout };
   }
   return out;
 }

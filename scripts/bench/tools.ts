@@ -226,12 +226,14 @@ export async function runTimed(
   }).spawn();
   live.add(child);
   try {
-    if (stdin !== undefined) {
+    // Fed while its output is read: a child that answers every line (`.timer on`) would
+    // otherwise fill the pipe and wait for us while we wait for it.
+    const fed = stdin === undefined ? Promise.resolve() : (async () => {
       const w = child.stdin.getWriter();
       await w.write(new TextEncoder().encode(stdin));
       await w.close();
-    }
-    const out = await child.output();
+    })();
+    const [out] = await Promise.all([child.output(), fed]);
     const ms = performance.now() - t0;
     const dec = new TextDecoder();
     return {
