@@ -613,18 +613,20 @@ async function applyWal(
 
 /**
  * Hands out the stored bytes of each segment, in order, in buffers the caller owns (and
- * should {@linkcode release} once applied). While one is applied, the next small ones (up to
- * 1 MiB each, at most `parallelism` of them) download whole; a larger one streams in its
- * turn, {@linkcode READ_CHUNK_BYTES} at a time.
+ * should {@linkcode release} once applied). While one is applied, the next `parallelism`
+ * segments are requested: small ones (up to 1 MiB each) download whole; a larger one is only
+ * opened (its request answered, which a server like moto takes a while to do) and streams in
+ * its turn, {@linkcode READ_CHUNK_BYTES} at a time, so memory stays bounded by the small ones
+ * and the connections' buffers.
  */
 class SegmentFetcher {
   readonly #client: ReplicaClient;
   readonly #segs: WalSegmentInfo[];
   readonly #parallelism: number;
   readonly #signal?: AbortSignal;
-  /** Small segments being read whole ahead of their turn. */
-  readonly #pending = new Map<number, Promise<Uint8Array>>();
-  /** The next segment to consider downloading ahead. */
+  /** Segments requested ahead of their turn: read whole (small) or opened (large). */
+  readonly #pending = new Map<number, Promise<Uint8Array | ReadableStream<Uint8Array>>>();
+  /** The next segment to consider requesting ahead. */
   #next = 0;
 
   constructor(
@@ -641,27 +643,30 @@ class SegmentFetcher {
 
   /** The stored bytes of segment `i`, whole or in chunks; call once per segment, in order. */
   async *take(i: number): AsyncGenerator<Uint8Array> {
-    const seg = this.#segs[i];
-    // This segment is requested before the ones downloaded ahead: it is needed first.
-    const whole = this.#pending.get(i) ??
-      (seg.size <= PREFETCH_MAX_SEGMENT_BYTES ? this.#read(seg) : undefined);
-    const stream = whole ? undefined : this.#client.openWalSegment(seg, { signal: this.#signal });
+    // This segment is requested before the ones requested ahead: it is needed first.
+    const got = this.#pending.get(i) ?? this.#request(this.#segs[i]);
     this.#pending.delete(i);
     this.#next = Math.max(this.#next, i + 1);
     this.#prefetch();
-    if (whole) yield await whole;
-    else yield* readChunks(await stream!);
+    const bytes = await got;
+    if (bytes instanceof Uint8Array) yield bytes;
+    else yield* readChunks(bytes);
   }
 
-  /** Stops downloading ahead; reads in flight finish unheeded. */
+  /** Stops requesting ahead; streams opened ahead are cancelled, reads finish unheeded. */
   close(): void {
+    for (const p of this.#pending.values()) {
+      p.then((b) => b instanceof ReadableStream ? b.cancel() : undefined).catch(() => {});
+    }
     this.#pending.clear();
     this.#next = this.#segs.length;
   }
 
-  #read(seg: WalSegmentInfo): Promise<Uint8Array> {
-    const p = this.#client.openWalSegment(seg, { signal: this.#signal })
-      .then((stream) => readSized(stream, seg.size));
+  #request(seg: WalSegmentInfo): Promise<Uint8Array | ReadableStream<Uint8Array>> {
+    const opened = this.#client.openWalSegment(seg, { signal: this.#signal });
+    const p = seg.size <= PREFETCH_MAX_SEGMENT_BYTES
+      ? opened.then((stream) => readSized(stream, seg.size))
+      : opened;
     // Awaited in order; one never reached (an earlier one failed) must not end the process as
     // an unhandled rejection.
     p.catch(() => {});
@@ -670,12 +675,8 @@ class SegmentFetcher {
 
   #prefetch(): void {
     for (; this.#next < this.#segs.length; this.#next++) {
-      const seg = this.#segs[this.#next];
-      // A large segment is requested in its turn: a server may send its bytes before those of
-      // the small ones requested with it (moto does), holding them up.
-      if (seg.size > PREFETCH_MAX_SEGMENT_BYTES) continue;
       if (this.#pending.size >= this.#parallelism) return;
-      this.#pending.set(this.#next, this.#read(seg));
+      this.#pending.set(this.#next, this.#request(this.#segs[this.#next]));
     }
   }
 }

@@ -4,9 +4,12 @@
  *
  * @module
  */
+import assert from "node:assert/strict";
 import { Db, type DbOptions } from "../src/db.ts";
 import { Replica, type ReplicaOptions } from "../src/replica.ts";
 import { FileReplicaClient } from "../src/clients/file.ts";
+import { restore } from "../src/restore.ts";
+import type { ReplicaClient } from "../src/replica_client.ts";
 
 const dec = new TextDecoder();
 const enc = new TextEncoder();
@@ -160,6 +163,13 @@ export async function createDb(path: string): Promise<void> {
     path,
     "PRAGMA journal_mode=wal; CREATE TABLE t (id INTEGER PRIMARY KEY, v); INSERT INTO t (v) VALUES ('first');",
   );
+}
+
+/** Restores `client`'s latest state to `out`, checks its integrity and returns its dump. */
+export async function restoredDump(client: ReplicaClient, out: string): Promise<string> {
+  await restore(client, { outputPath: out });
+  assert.equal(await integrity(out), "ok");
+  return await dump(out);
 }
 
 /** A database with a file replica, driven by hand (no background loops). */

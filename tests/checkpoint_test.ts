@@ -6,8 +6,16 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { blobs, dump, integrity, openTestDb, sqliteAsync, tempDir, Writer } from "./_helpers.ts";
-import { restore } from "../src/restore.ts";
+import {
+  blobs,
+  dump,
+  integrity,
+  openTestDb,
+  restoredDump,
+  sqliteAsync,
+  tempDir,
+  Writer,
+} from "./_helpers.ts";
 import { Logger, memorySink } from "../src/log.ts";
 
 /** `n` single-row INSERT statements, each its own transaction, tagged `tag-<first+i>`. */
@@ -18,11 +26,6 @@ function singleRowCommits(tag: string, first: number, n: number): string {
   ).join("\n");
 }
 
-async function restoredDump(client: Parameters<typeof restore>[0], out: string): Promise<string> {
-  await restore(client, { outputPath: out });
-  assert.equal(await integrity(out), "ok");
-  return await dump(out);
-}
 
 const LOCKED_REGEXP = /database is locked/;
 

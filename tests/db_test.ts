@@ -2,21 +2,15 @@ import assert from "node:assert/strict";
 import {
   blobs,
   dump,
-  integrity,
   openTestDb,
+  restoredDump,
   sqliteAsync,
   tempDir,
   waitFor,
   Writer,
 } from "./_helpers.ts";
-import { restore } from "../src/restore.ts";
 import { calcWalSize, decodeWalHeader, WAL_HEADER_SIZE } from "../src/wal.ts";
 
-async function restoredDump(client: Parameters<typeof restore>[0], out: string): Promise<string> {
-  await restore(client, { outputPath: out });
-  assert.equal(await integrity(out), "ok");
-  return await dump(out);
-}
 
 async function fileBytes(path: string, start: number, end: number): Promise<Uint8Array> {
   const all = await Deno.readFile(path);

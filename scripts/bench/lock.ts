@@ -196,6 +196,8 @@ export interface ScriptResult {
   restarts?: number;
   /** Largest size of the `-wal` file seen (sampled every 2 ms while the writer ran). */
   walPeakBytes: number;
+  /** Set if the replica never held the row committed after the writer (figures then partial). */
+  settleError?: string;
 }
 
 /** How one run of a workload is set up. */
@@ -342,15 +344,21 @@ async function runOne(
       cmd: "sqlite3",
       args: ["-cmd", ".timeout 10000", "-bail", db, insertRowSql(SENTINEL)],
     });
-    await waitUntil(
-      async () => {
-        if (!rep.running) throw new Error(`${tool} replicate exited:\n${rep.logTail()}`);
-        return await newestSegmentsHold(replica, SENTINEL);
-      },
-      `${tool}'s replica to hold the last row`,
-      120_000,
-      20,
-    );
+    let settleError: string | undefined;
+    try {
+      await waitUntil(
+        async () => {
+          if (!rep.running) throw new Error(`${tool} replicate exited:\n${rep.logTail()}`);
+          return await newestSegmentsHold(replica, SENTINEL);
+        },
+        `${tool}'s replica to hold the last row`,
+        120_000,
+        20,
+      );
+    } catch (err) {
+      // Reported beside the figures: one tool stuck must not hide the other's results.
+      settleError = err instanceof Error ? err.message.split("\n")[0] : String(err);
+    }
     const lock1 = tool === "ours" ? await scrapeWriteLock(port) : undefined;
 
     let singles = 0, singlesFailed = 0, bulks = 0, bulksFailed = 0, lockedFailures = 0;
@@ -392,6 +400,7 @@ async function runOne(
         ? restarts1 - restarts0
         : undefined,
       walPeakBytes,
+      settleError,
     };
   } finally {
     await rep.stop();

@@ -648,6 +648,9 @@ async function lockWorkload(ctx: Ctx): Promise<void> {
         x.cNoTimeout,
       ]] as const
     ) {
+      if (w.settleError) {
+        r.notes.push(`WARNING: ${tool}, ${name}: ${w.settleError}; lock figures end there.`);
+      }
       if (!w.rowsMatch) {
         r.notes.push(
           `WARNING: ${tool}, ${name}: failure count disagrees with the table (${w.rowsNote}).`,

@@ -8,7 +8,7 @@ import { formatUsage, parseFlags } from "./flags.ts";
 import { CONFIG_FLAGS, formatGoDuration, formatTime, resolveTarget } from "./common.ts";
 import { formatTable } from "./table.ts";
 import { sortedSnapshots, sortedWalSegments } from "../replica_client.ts";
-import { UsageError } from "../errors.ts";
+import { NoBackupError, UsageError } from "../errors.ts";
 
 const LIST_FLAGS = {
   ...CONFIG_FLAGS,
@@ -116,7 +116,8 @@ export async function runWal(args: string[]): Promise<number> {
   for (const r of target.replicas) {
     const gens = await r.client.generations();
     if (values.generation !== undefined && !gens.includes(values.generation)) {
-      throw new UsageError(`Generation "${values.generation}" not found in replica "${r.name}"`);
+      // Exit 1 as restore does: the flag is well formed, the replica lacks what it names.
+      throw new NoBackupError(`Generation "${values.generation}" not found in replica "${r.name}"`);
     }
     for (const gen of values.generation !== undefined ? [values.generation] : gens) {
       for (const s of await sortedWalSegments(r.client, gen)) {

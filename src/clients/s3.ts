@@ -43,6 +43,7 @@ import {
   walSegmentsKey,
 } from "../layout.ts";
 import { ReplicaOperationMetrics } from "../metrics.ts";
+import { FetchHandler } from "../internal/fetch_handler.ts";
 import { formatPos, type Pos } from "../pos.ts";
 import type {
   Body,
@@ -333,6 +334,10 @@ export class S3ReplicaClient implements ReplicaClient, AsyncDisposable {
   #accessKeyId?: string;
   #secretAccessKey?: string;
   #client?: Promise<S3Client>;
+  /** The SDK client of GETs (see {@linkcode FetchHandler}), made from `#client`'s. */
+  #getClient?: { from: S3Client; client: S3Client };
+  /** The region `#client` was made for. */
+  #connectedRegion = DEFAULT_REGION;
 
   /**
    * @throws {RangeError} If `bucket` is empty.
@@ -493,6 +498,8 @@ export class S3ReplicaClient implements ReplicaClient, AsyncDisposable {
   async close(): Promise<void> {
     const client = this.#client;
     this.#client = undefined;
+    this.#getClient?.client.destroy();
+    this.#getClient = undefined;
     if (client) (await client.catch(() => undefined))?.destroy();
   }
 
@@ -564,7 +571,30 @@ export class S3ReplicaClient implements ReplicaClient, AsyncDisposable {
         lookup.destroy();
       }
     }
+    this.#connectedRegion = region;
     return new S3Client(this.#config(region));
+  }
+
+  /**
+   * Returns the SDK client for GETs: one sending with Deno's `fetch`, sharing the main
+   * client's region and credentials (skip-verify needs the Node handler's TLS options, so it
+   * keeps the main client).
+   */
+  async #getter(signal: AbortSignal | undefined): Promise<S3Client> {
+    const s3 = await this.#s3(signal);
+    if (this.skipVerify) return s3;
+    if (this.#getClient?.from !== s3) {
+      this.#getClient?.client.destroy();
+      const config: S3ClientConfig = {
+        ...this.#config(this.#connectedRegion),
+        credentials: s3.config.credentials,
+        requestHandler: new FetchHandler({
+          idleTimeoutMs: this.idleTimeoutMs,
+        }) as unknown as S3ClientConfig["requestHandler"],
+      };
+      this.#getClient = { from: s3, client: new S3Client(config) };
+    }
+    return this.#getClient.client;
   }
 
   /**
@@ -630,7 +660,7 @@ export class S3ReplicaClient implements ReplicaClient, AsyncDisposable {
     signal: AbortSignal | undefined,
   ): Promise<ReadableStream<Uint8Array>> {
     return await this.#try(`open ${what} "${name}"`, signal, async () => {
-      const s3 = await this.#s3(signal);
+      const s3 = await this.#getter(signal);
       try {
         const out = await s3.send(
           new GetObjectCommand({ Bucket: this.bucket, Key: this.#key(name) }),

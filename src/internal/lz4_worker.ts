@@ -29,6 +29,9 @@ scope.onmessage = (e) => {
   let res: Lz4WorkerResponse;
   try {
     const out = decodeFramedBlock(new Uint8Array(buffer), maxSize, sizeHint);
+    // Free the compressed block now: V8 returns a dead buffer's memory only at its next
+    // collection, which large buffers do not hasten (RSS 135 → 104 MiB in a snapshot restore).
+    if (out.buffer !== buffer) buffer.transfer(0);
     res = {
       id,
       ok: true,
