@@ -26,7 +26,6 @@ function singleRowCommits(tag: string, first: number, n: number): string {
   ).join("\n");
 }
 
-
 const LOCKED_REGEXP = /database is locked/;
 
 for (

@@ -11,7 +11,6 @@ import {
 } from "./_helpers.ts";
 import { calcWalSize, decodeWalHeader, WAL_HEADER_SIZE } from "../src/wal.ts";
 
-
 async function fileBytes(path: string, start: number, end: number): Promise<Uint8Array> {
   const all = await Deno.readFile(path);
   return all.subarray(start, end);
