@@ -8,7 +8,7 @@
  * @module
  */
 import * as wasm from "lz4-wasm";
-import { concat } from "./internal/bytes.ts";
+import { concat, handOff } from "./internal/bytes.ts";
 
 /** LZ4 frame magic number (little-endian on the wire). */
 export const LZ4_FRAME_MAGIC = 0x184d2204;
@@ -421,7 +421,8 @@ export function lz4CompressReader(
       if (len > 0) {
         const block = b.subarray(0, len);
         hash.update(block);
-        for (const part of encodeBlock(block)) ctl.enqueue(part);
+        // Each part owns its buffer; the consumer may free it once written (see handOff).
+        for (const part of encodeBlock(block)) ctl.enqueue(handOff(part));
         return;
       }
       ctl.enqueue(frameTrailer(hash.digest()));

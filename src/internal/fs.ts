@@ -4,7 +4,7 @@
  * @module
  */
 import type { Body } from "../replica_client.ts";
-import type { Scratch } from "./bytes.ts";
+import { releaseHandedOff, type Scratch } from "./bytes.ts";
 
 /** Returns the directory part of a path ("." when there is none). */
 export function dirname(path: string): string {
@@ -75,6 +75,7 @@ export async function writeBody(
       if (done) break;
       await writeAll(file, value);
       n += value.length;
+      releaseHandedOff(value);
     }
   } catch (err) {
     await reader.cancel(err).catch(() => {});
