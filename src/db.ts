@@ -31,6 +31,7 @@ import { defaultMetaPath } from "./layout.ts";
 import { formatPos, MAX_INDEX, type Pos } from "./pos.ts";
 import { type CheckpointMode, Connection, probeDatabaseFile } from "./sqlite.ts";
 import { absPath, dirname, exists, mkdirp, readAtSync, readIntoSync } from "./internal/fs.ts";
+import { lockReplicator, ReplicatorLockedError } from "./internal/replicator_lock.ts";
 import { delay, Mutex, Wakeup } from "./internal/delay.ts";
 import { Scratch } from "./internal/bytes.ts";
 import { FailureLog } from "./internal/failure_log.ts";
@@ -57,6 +58,10 @@ export const DEFAULT_TRUNCATE_PAGE_COUNT = 500_000;
 export const DEFAULT_BUSY_TIMEOUT_MS = 1_000;
 /** Least time between two checkpoint attempts that could not finish, with no commit between. */
 const CHECKPOINT_RETRY_MS = 100;
+/** Age an unwatched WAL's mtime must have had when seen for a stat to prove it unchanged. */
+const WAL_MTIME_SETTLED_MS = 1_000;
+/** Longest an unwatched WAL goes without a full sync (see Db.#walUnchanged). */
+const WAL_STAT_TRUST_MS = 60_000;
 
 /** Options of {@linkcode Db}. */
 export interface DbOptions {
@@ -125,10 +130,14 @@ export class Db implements AsyncDisposable {
   #monitorDone: Promise<void> = Promise.resolve();
   #wake = new Wakeup();
   #watcher: WalWatcher;
-  // The WAL's stat at the start of the last successful sync (see #walUnchanged).
+  // The WAL's stat at the start of the last successful sync, and when (wall clock) it was
+  // taken (see #walUnchanged).
   #walSeen?: Deno.FileInfo;
+  #walSeenAt = 0;
   #waitingLogged = false;
   #closed = false;
+  /** Our flock on `.<db>-litestream/replicate.lock` (see replicator_lock.ts). */
+  #replicatorLock?: Deno.FsFile;
 
   constructor(path: string, options: DbOptions = {}) {
     this.path = absPath(path);
@@ -195,7 +204,7 @@ export class Db implements AsyncDisposable {
       // (Deno's permissions or the file system's) is a hard error: retrying cannot fix it.
       if (
         err instanceof SyntaxError || err instanceof RangeError ||
-        err instanceof Deno.errors.NotFound
+        err instanceof Deno.errors.NotFound || err instanceof ReplicatorLockedError
       ) throw err;
       if (isPermissionError(err)) {
         throw new Error(`Cannot replicate "${this.path}"`, { cause: err });
@@ -247,6 +256,7 @@ export class Db implements AsyncDisposable {
       let changed = false;
       this.#ensureWalExists();
       this.#walSeen = undefined;
+      const seenAt = Date.now();
       let wal = this.#readWalHeader();
       const seen = wal.info;
       let verdict: Verdict = this.#forceNewGeneration
@@ -296,6 +306,7 @@ export class Db implements AsyncDisposable {
         await this.#cleanShadow();
       }
       this.#walSeen = seen;
+      this.#walSeenAt = seenAt;
       this.metrics.walSize = wal.size;
       this.metrics.dbSize = this.#dbFile?.statSync().size ?? 0;
       this.metrics.shadowWalIndex = shadow.index ?? 0;
@@ -347,9 +358,16 @@ export class Db implements AsyncDisposable {
           `Cannot replicate "${this.path}": it cannot be put in WAL mode (journal_mode is "${mode}")`,
         );
       }
+      // One replicator per database: taken once the database is known to be replicable
+      // (nothing is left behind otherwise), before any write of ours.
+      await mkdirp(this.metaPath, 0o700);
+      this.#replicatorLock ??= lockReplicator(this.metaPath, this.path);
       ckpt.exec("PRAGMA wal_autocheckpoint = 0");
-      ckpt.exec("CREATE TABLE IF NOT EXISTS _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER)");
-      ckpt.exec("CREATE TABLE IF NOT EXISTS _litestream_lock (id INTEGER)");
+      // One transaction: on a first start, one commit (and WAL fsync) instead of two.
+      ckpt.exec(
+        "BEGIN; CREATE TABLE IF NOT EXISTS _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER);" +
+          " CREATE TABLE IF NOT EXISTS _litestream_lock (id INTEGER); COMMIT",
+      );
       this.#pageSize = Number(ckpt.get<{ page_size: number }>("PRAGMA page_size")!.page_size);
       // No busy timeout: Checkpointer.withWriteLock retries itself (SQLite's handler would block us).
       const write = new Connection(this.path, { busyTimeoutMs: 0 });
@@ -369,14 +387,14 @@ export class Db implements AsyncDisposable {
       this.#checkpointer.hold();
     } catch (err) {
       this.#closeConnections();
-      if (err instanceof RangeError) throw err;
+      this.#releaseReplicatorLock();
+      if (err instanceof RangeError || err instanceof ReplicatorLockedError) throw err;
       const msg = describeError(err);
       if (/file is not a database|not a database/i.test(msg)) {
         throw new SyntaxError(`"${this.path}" is not a SQLite database`, { cause: err });
       }
       throw new Error(`Cannot open database "${this.path}"`, { cause: err });
     }
-    await mkdirp(this.metaPath, 0o700);
     await this.#shadow.load();
     this.#continuous = false;
     this.log.info("initialized db", { pageSize: this.#pageSize });
@@ -591,9 +609,11 @@ export class Db implements AsyncDisposable {
         failures.failed(err);
         await delay(Math.min(this.monitorIntervalMs, 1000), { signal }).catch(() => {});
       }
-      // With a watch armed, a poll only stats the WAL: an idle database costs no reads.
-      while (!(await this.#wake.wait(this.monitorIntervalMs, signal)) && !signal.aborted) {
-        if (!this.#watcher.armed || !this.#walUnchanged()) break;
+      // A poll only stats the WAL while that proves it unchanged: an idle database costs
+      // no reads. Polls fall on shared ticks, so the event loop wakes once per interval for
+      // all databases rather than once for each.
+      while (!(await this.#wake.wait(untilNextTick(this.monitorIntervalMs), signal))) {
+        if (signal.aborted || !this.#walUnchanged()) break;
       }
       // Under a burst every commit wakes us: batch what arrives within the gap.
       const wait = lastStart + this.minSyncGapMs - performance.now();
@@ -601,13 +621,33 @@ export class Db implements AsyncDisposable {
     }
   }
 
-  /** True if the WAL file looks as at the start of the last sync and no checkpoint is due. */
+  /**
+   * True if the WAL file looks as at the start of the last sync and no checkpoint is due.
+   *
+   * Without an armed watch (all slots taken, see WatchSlots) an equal stat proves nothing
+   * only if the mtime seen was old when it was seen: a frame written after a restart can
+   * leave the size as it was, and a write in the same clock tick as the one seen would
+   * leave the mtime too. A write after the stat gets a later mtime than one already a
+   * second old. A full sync every WAL_STAT_TRUST_MS covers a clock stepped back.
+   */
   #walUnchanged(): boolean {
     const seen = this.#walSeen, st = statOrUndefined(this.walPath);
     if (!seen || !st || this.#shadow.index === undefined) return false;
+    if (!this.#watcher.armed) {
+      const at = this.#walSeenAt, mtime = seen.mtime?.getTime();
+      if (mtime === undefined || mtime > at - WAL_MTIME_SETTLED_MS) return false;
+      if (Date.now() - at > WAL_STAT_TRUST_MS) return false;
+    }
     return st.ino === seen.ino && st.size === seen.size &&
       st.mtime?.getTime() === seen.mtime?.getTime() &&
       !this.#schedule.due(this.#shadowPoint(), st.size);
+  }
+
+  #releaseReplicatorLock(): void {
+    try {
+      this.#replicatorLock?.close(); // closing the file releases its flock
+    } catch { /* closed */ }
+    this.#replicatorLock = undefined;
   }
 
   #closeConnections(): void {
@@ -648,6 +688,7 @@ export class Db implements AsyncDisposable {
         errors.push(err);
       }
       this.#closeConnections();
+      this.#releaseReplicatorLock();
     });
     if (errors.length === 1) throw errors[0];
     if (errors.length > 1) {
@@ -668,6 +709,11 @@ function isPermissionError(err: unknown): boolean {
     }
   }
   return false;
+}
+
+/** Milliseconds until the next multiple of `intervalMs` on the process's monotonic clock. */
+function untilNextTick(intervalMs: number): number {
+  return intervalMs - (performance.now() % intervalMs);
 }
 
 function statOrUndefined(path: string): Deno.FileInfo | undefined {

@@ -68,6 +68,11 @@ export interface RestoreOptions extends RestoreTargetOptions {
   /** Skip `PRAGMA integrity_check` on the result. @default {false} */
   skipIntegrityCheck?: boolean;
   logger?: Logger;
+  /**
+   * What to restore, as {@linkcode calcRestoreTarget} found it for these options just
+   * before (the CLI does, to pick a replica); computed here when not given.
+   */
+  target?: RestoreTarget;
 }
 
 /** The snapshot and WAL segments a restore will apply. */
@@ -259,7 +264,7 @@ export async function restore(
   for (const path of await removeAbandonedRestores(dirname(out))) {
     log.info("removed files of an interrupted restore", { path });
   }
-  const target = await calcRestoreTarget(client, options);
+  const target = options.target ?? await calcRestoreTarget(client, options);
   const work = await claimWorkFiles(out);
   const tmp = work.path;
   const t0 = performance.now();

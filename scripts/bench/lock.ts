@@ -60,6 +60,7 @@ export async function writeReplicateConfig(
   replica: string,
   port: number,
   dbSettings: Record<string, number> = {},
+  replicaSettings: Record<string, string> = {},
 ): Promise<void> {
   const yaml = [
     `addr: "127.0.0.1:${port}"`,
@@ -69,6 +70,7 @@ export async function writeReplicateConfig(
     "    replicas:",
     "      - type: file",
     `        path: ${JSON.stringify(replica)}`,
+    ...Object.entries(replicaSettings).map(([k, v]) => `        ${k}: ${v}`),
     "",
   ].join("\n");
   await Deno.writeTextFile(path, yaml);

@@ -247,16 +247,22 @@ async function writerWorkload(ctx: Ctx): Promise<void> {
       lock?: LockFigures;
     }
   > = {};
-  for (const tool of TOOLS) {
-    progress(`1: writer, ${batches} × ${n} commits, ${tool} replicating`);
-    const dir = `${ctx.tmp}/w1-${tool}`;
+  // Ours at its default sync interval (20 ms for a file replica) and at v0.3.13's (1 s).
+  const runs: [string, Tool, Record<string, string>][] = [
+    ["ours", "ours", {}],
+    ["ours-1s", "ours", { "sync-interval": "1s" }],
+    ["v0.3.13", "v0.3.13", {}],
+  ];
+  for (const [name, tool, replicaSettings] of runs) {
+    progress(`1: writer, ${batches} × ${n} commits, ${name} replicating`);
+    const dir = `${ctx.tmp}/w1-${name}`;
     await Deno.mkdir(dir);
     const db = `${dir}/db`;
     const replica = `${dir}/replica`;
     await createDb(db);
     // A config rather than DB REPLICA_URL arguments, for `addr:` (our write-lock metrics).
     const port = freePort();
-    await writeReplicateConfig(`${dir}/litestream.yml`, db, replica, port);
+    await writeReplicateConfig(`${dir}/litestream.yml`, db, replica, port, {}, replicaSettings);
     const rep = new Replicator(
       ctx.tools,
       tool,
@@ -285,7 +291,7 @@ async function writerWorkload(ctx: Ctx): Promise<void> {
       const s1 = await rep.stats();
       const lock1 = tool === "ours" ? await scrapeWriteLock(port) : undefined;
       const segments = (await listReplica(replica)).segments.length - seg0;
-      with_[tool] = {
+      with_[name] = {
         times,
         cpu: s1.cpuSeconds - s0.cpuSeconds,
         rss: s1.peakRssMb,
@@ -302,12 +308,14 @@ async function writerWorkload(ctx: Ctx): Promise<void> {
 
   const r = ctx.report;
   const b = median(bareTimes);
-  const o = with_["ours"], t = with_["v0.3.13"];
+  const o = with_["ours"], o1 = with_["ours-1s"], t = with_["v0.3.13"];
   r.text(`writer: ${n} commits, no replicator (s)`, fmt(b, 3), fmt(b, 3));
   r.num(`writer: ${n} commits, replicator running (s)`, median(o.times), median(t.times), 3);
   r.num("writer slowdown (with / bare)", median(o.times) / b, median(t.times) / b);
   r.num("last commit → on replica, after the burst (ms)", o.catchUpMs, t.catchUpMs, 0);
   r.num(`replicator CPU during ${batches} × ${n} commits (s)`, o.cpu, t.cpu);
+  r.num("  … ours at v0.3.13's sync interval (1 s)", o1.cpu, t.cpu);
+  r.num("  … writer slowdown, ours at 1 s", median(o1.times) / b, median(t.times) / b);
   r.num("replicator peak RSS, writer load (MiB)", o.rss, t.rss, 1);
   r.num(`WAL segment files written for ${batches} × ${n} commits`, o.segments, t.segments, 0);
   lockRows(r, `${batches} × ${n} commits`, o.lock);

@@ -10,7 +10,9 @@
  * Measured: the replicator's CPU (user + sys) for phases 1 + 2 and for phase 3, and its
  * peak RSS (VmHWM) at the end of each.
  *
- * Alone: `deno run -A scripts/bench/many_dbs.ts [--dbs=200] [--idle=20] [--tools=ours,v0.3.13]`
+ * Alone: `deno run -A scripts/bench/many_dbs.ts [--dbs=200] [--idle=20] [--tools=ours,v0.3.13]
+ * [--cpu-prof=DIR] [--threads]`: `--cpu-prof` writes a V8 CPU profile of our replicator into
+ * DIR, `--threads` prints the CPU of each thread of the replicator after the commits.
  *
  * @module
  */
@@ -24,6 +26,14 @@ import { clkTck, fmt, print, progress, sleep, waitUntil } from "./util.ts";
 export interface ManyDbsResult {
   /** Seconds from spawn until every replica held its snapshot. */
   startSeconds: number;
+  /** CPU seconds from spawn until every replica held its snapshot. */
+  startCpu: number;
+  /** CPU seconds per thread name after the start and after the commits (with `threads`). */
+  threadCpu?: {
+    start: Record<string, number>;
+    busy: Record<string, number>;
+    idle: Record<string, number>;
+  };
   /** CPU seconds from spawn until every replica held the third commit. */
   busyCpu: number;
   /** Peak RSS (MiB) by then. */
@@ -46,6 +56,10 @@ export interface ManyDbsOptions {
   idleSeconds: number;
   /** Tools to run. @default {TOOLS} */
   tools?: readonly Tool[];
+  /** Write a V8 CPU profile of our replicator into this directory. */
+  cpuProfDir?: string;
+  /** Record the CPU of each thread of the replicator after the commits. */
+  threads?: boolean;
 }
 
 /** Rounds of one commit per database. */
@@ -98,6 +112,12 @@ async function runOne(
   }
   await Deno.writeTextFile(`${dir}/litestream.yml`, yaml.join("\n") + "\n");
 
+  if (tool === "ours" && o.cpuProfDir) {
+    tools = {
+      ...tools,
+      replicateFlags: [...tools.replicateFlags, "--cpu-prof", `--cpu-prof-dir=${o.cpuProfDir}`],
+    };
+  }
   const rep = new Replicator(
     tools,
     tool,
@@ -120,6 +140,8 @@ async function runOne(
       200,
     );
     const startSeconds = (performance.now() - rep.startedAt) / 1000;
+    const startCpu = (await rep.stats()).cpuSeconds;
+    const startThreads = o.threads ? await threadCpuOf(rep.pid) : undefined;
     // One sqlite3 process commits one row to every database, three times over.
     const script = [".bail on"];
     for (let r = 1; r <= ROUNDS; r++) {
@@ -143,10 +165,15 @@ async function runOne(
       200,
     );
     const busy = await rep.stats();
+    const busyThreads = o.threads ? await threadCpuOf(rep.pid) : undefined;
     await sleep(o.idleSeconds * 1000);
     const idle = await rep.stats();
+    const threadCpu = startThreads && busyThreads &&
+      { start: startThreads, busy: busyThreads, idle: await threadCpuOf(rep.pid) };
     return {
       startSeconds,
+      startCpu,
+      threadCpu,
       busyCpu: busy.cpuSeconds,
       busyPeakRssMb: busy.peakRssMb,
       idleCpu: idle.cpuSeconds - busy.cpuSeconds,
@@ -157,6 +184,24 @@ async function runOne(
     await rep.stop(120_000);
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
+}
+
+/** CPU seconds (user + sys) of each thread of process `pid`, summed by thread name. */
+async function threadCpuOf(pid: number): Promise<Record<string, number>> {
+  const out: Record<string, number> = {};
+  const tck = await clkTck();
+  for await (const e of Deno.readDir(`/proc/${pid}/task`)) {
+    let stat: string;
+    try {
+      stat = await Deno.readTextFile(`/proc/${pid}/task/${e.name}/stat`);
+    } catch {
+      continue; // the thread ended
+    }
+    const name = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    out[name] = (out[name] ?? 0) + (Number(fields[11]) + Number(fields[12])) / tck;
+  }
+  return out;
 }
 
 /** Runs the workload for each tool in turn, each on fresh databases. */
@@ -225,27 +270,47 @@ export function manyDbsRows(
 
 /** One line per tool, for the standalone use. */
 export function describe(tool: Tool, r: ManyDbsResult): string {
-  return `${tool}: start ${fmt(r.startSeconds, 1)} s; start + ${ROUNDS} commits: cpu ${
-    fmt(r.busyCpu)
-  } s, peak RSS ${fmt(r.busyPeakRssMb, 1)} MiB; idle: cpu ${fmt(r.idleCpu)} s, peak RSS ${
-    fmt(r.idlePeakRssMb, 1)
-  } MiB, RSS ${fmt(r.idleRssMb, 1)} MiB`;
+  const list = (t: Record<string, number>) =>
+    Object.entries(t).sort((a, b) => b[1] - a[1]).map(([name, cpu]) => `${name} ${fmt(cpu)}`)
+      .join(", ");
+  const threads = r.threadCpu
+    ? `; threads after start: ${list(r.threadCpu.start)}; after the commits: ${
+      list(r.threadCpu.busy)
+    }; after the idle spell: ${list(r.threadCpu.idle)}`
+    : "";
+  return `${tool}: start ${fmt(r.startSeconds, 1)} s (cpu ${
+    fmt(r.startCpu)
+  } s); start + ${ROUNDS} commits: cpu ${fmt(r.busyCpu)} s, peak RSS ${
+    fmt(r.busyPeakRssMb, 1)
+  } MiB; idle: cpu ${fmt(r.idleCpu)} s, peak RSS ${fmt(r.idlePeakRssMb, 1)} MiB, RSS ${
+    fmt(r.idleRssMb, 1)
+  } MiB${threads}`;
 }
 
 if (import.meta.main) {
-  let dbs = 200, idleSeconds = 20, tools: Tool[] = [...TOOLS];
+  let dbs = 200, idleSeconds = 20, tools: Tool[] = [...TOOLS], threads = false;
+  let cpuProfDir: string | undefined;
   for (const a of Deno.args) {
     let m: RegExpExecArray | null;
     if ((m = /^--dbs=(\d+)$/.exec(a))) dbs = Number(m[1]);
     else if ((m = /^--idle=(\d+)$/.exec(a))) idleSeconds = Number(m[1]);
     else if ((m = /^--tools=(.+)$/.exec(a))) tools = m[1].split(",") as Tool[];
+    else if ((m = /^--cpu-prof=(.+)$/.exec(a))) cpuProfDir = m[1];
+    else if (a === "--threads") threads = true;
     else throw new Error(`Unknown argument "${a}"`);
   }
   await clkTck();
   const set = await loadTools();
   const dir = await Deno.makeTempDir({ prefix: "litestream-manydbs-" });
   try {
-    const res = await runManyDbsWorkload(set, { dir, dbs, idleSeconds, tools });
+    const res = await runManyDbsWorkload(set, {
+      dir,
+      dbs,
+      idleSeconds,
+      tools,
+      cpuProfDir,
+      threads,
+    });
     for (const tool of tools) print(describe(tool, res[tool]!));
   } finally {
     await Deno.remove(dir, { recursive: true }).catch(() => {});

@@ -134,6 +134,7 @@ export async function run(args: string[], log: Logger): Promise<number> {
     parallelism,
     skipIntegrityCheck: values["skip-integrity-check"],
     logger: log.with({ replica: best.r.name }),
+    target: best.t, // listed once, when the replica was picked
   });
   log.info("restore complete", {
     output: result.outputPath,
