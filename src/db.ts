@@ -134,6 +134,8 @@ export class Db implements AsyncDisposable {
   // taken (see #walUnchanged).
   #walSeen?: Deno.FileInfo;
   #walSeenAt = 0;
+  /** Set by a sync that copied committed frames (read by the monitor loop). */
+  #copiedFrames = false;
   #waitingLogged = false;
   #closed = false;
   /** Our flock on `.<db>-litestream/replicate.lock` (see replicator_lock.ts). */
@@ -307,6 +309,7 @@ export class Db implements AsyncDisposable {
       }
       this.#walSeen = seen;
       this.#walSeenAt = seenAt;
+      this.#copiedFrames = changed;
       this.metrics.walSize = wal.size;
       this.metrics.dbSize = this.#dbFile?.statSync().size ?? 0;
       this.metrics.shadowWalIndex = shadow.index ?? 0;
@@ -597,10 +600,17 @@ export class Db implements AsyncDisposable {
 
   async #monitor(signal: AbortSignal): Promise<void> {
     const failures = new FailureLog(this.log, "sync");
+    // The last sync copied frames and the WAL changed since: a burst, whose next sync comes
+    // after the gap below whatever wakes us.
+    let burst = false;
     while (!signal.aborted) {
-      // Arm before syncing: a write after this point wakes us, one before it the sync sees.
-      if (this.watch) this.#watcher.arm(signal);
+      // Arm before a sync that may be the last of a burst: a write after this point wakes
+      // us, one before it the sync sees. Within a burst the watch (an open and a close of a
+      // watcher each time, and events for every write) would only repeat what the gap does.
+      burst &&= this.#walStatChanged();
+      if (this.watch && !burst) this.#watcher.arm(signal);
       const lastStart = performance.now();
+      this.#copiedFrames = false;
       try {
         await this.sync();
         failures.succeeded();
@@ -609,16 +619,25 @@ export class Db implements AsyncDisposable {
         failures.failed(err);
         await delay(Math.min(this.monitorIntervalMs, 1000), { signal }).catch(() => {});
       }
+      burst = this.#copiedFrames;
       // A poll only stats the WAL while that proves it unchanged: an idle database costs
       // no reads. Polls fall on shared ticks, so the event loop wakes once per interval for
       // all databases rather than once for each.
-      while (!(await this.#wake.wait(untilNextTick(this.monitorIntervalMs), signal))) {
+      while (!burst && !(await this.#wake.wait(untilNextTick(this.monitorIntervalMs), signal))) {
         if (signal.aborted || !this.#walUnchanged()) break;
       }
       // Under a burst every commit wakes us: batch what arrives within the gap.
       const wait = lastStart + this.minSyncGapMs - performance.now();
       if (wait > 0 && !signal.aborted) await delay(wait, { signal }).catch(() => {});
     }
+  }
+
+  /** True if the WAL's inode, size or mtime differ from what the last sync started with. */
+  #walStatChanged(): boolean {
+    const seen = this.#walSeen, st = statOrUndefined(this.walPath);
+    if (!seen || !st) return true;
+    return st.ino !== seen.ino || st.size !== seen.size ||
+      st.mtime?.getTime() !== seen.mtime?.getTime();
   }
 
   /**

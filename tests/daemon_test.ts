@@ -146,6 +146,37 @@ Deno.test("a commit reaches the file replica through the WAL watcher when the po
   assert.equal(restored, await dump(db));
 });
 
+Deno.test("the commits at the end of a burst reach the file replica when the poll interval is an hour", async () => {
+  await using dir = await tempDir();
+  const { db, replica, config, w } = await setup(dir.path, { db: { "monitor-interval": "1h" } });
+  await using _w = w;
+  await using daemon = Daemon.ours(["replicate", "-config", config]);
+  await waitForReplica(replica, 1, 15_000, daemon);
+  // Within a burst the monitor syncs every 20 ms without a watch; the burst's last commit,
+  // and a lone one after it, need the watch armed again: the poll is an hour away.
+  for (let round = 0; round < 3; round++) {
+    await w.exec(
+      Array.from({ length: 300 }, (_, i) => `INSERT INTO t (v) VALUES ('burst-${round}-${i}');`)
+        .join("\n"),
+    );
+    await waitFor(
+      async () =>
+        new RegExp(`burst-${round}-299`).test(await restoredRows(replica, `${dir.path}/p${round}`)),
+      10_000,
+      `the last commit of burst ${round} restorable while the daemon runs`,
+    );
+    await sqliteAsync(db, `INSERT INTO t (v) VALUES ('alone-${round}')`);
+    await waitFor(
+      async () =>
+        new RegExp(`alone-${round}`).test(await restoredRows(replica, `${dir.path}/q${round}`)),
+      10_000,
+      `the lone commit after burst ${round} restorable while the daemon runs`,
+    );
+  }
+  await daemon.stopCleanly("SIGTERM");
+  assert.equal(await restoredDump(replica, `${dir.path}/r.db`), await dump(db));
+});
+
 Deno.test("an idle database uploads nothing and its WAL is left untouched through its checkpoint-interval checkpoint", async () => {
   await using dir = await tempDir();
   const { db, replica, config, w } = await setup(dir.path, {
