@@ -264,11 +264,7 @@ export class Checkpointer {
           }
           copied += n;
           at = options.position();
-          const tq = performance.now();
           result = this.#backfillLocked();
-          if (Deno.env.get("HOLDDBG")) {
-            console.error("HOLD", n, (performance.now() - tq).toFixed(3));
-          }
           complete = isComplete(result);
         });
       }

@@ -57,6 +57,7 @@ import type {
   WalSegmentInfo,
 } from "../replica_client.ts";
 import { delay } from "../internal/delay.ts";
+import { IdleTimeoutError, IdleTimer } from "../internal/idle_timer.ts";
 
 /** Environment variable v0.3.13 reads the account key from when `account-key` is not set. */
 export const ACCOUNT_KEY_ENV = "LITESTREAM_AZURE_ACCOUNT_KEY";
@@ -389,14 +390,6 @@ class AbsKeyError extends Error {
   }
 }
 
-/** No byte moved for `idleTimeoutMs`. */
-class IdleTimeoutError extends Error {
-  constructor(ms: number) {
-    super(`no data for ${ms} ms`);
-    this.name = "IdleTimeoutError";
-  }
-}
-
 /** One request to send; bodies are whole (blocks are buffered), so retries resend them. */
 interface AbsRequest {
   method: "GET" | "PUT" | "DELETE";
@@ -405,16 +398,6 @@ interface AbsRequest {
   body?: Uint8Array;
   /** The caller reads the body as a stream after the call returns (downloads). */
   stream?: boolean;
-}
-
-/** The idle timer of one attempt: armed only while waiting on the server. */
-interface IdleTimer {
-  /** Aborted with an {@linkcode IdleTimeoutError} when armed for `idleTimeoutMs`. */
-  readonly signal: AbortSignal;
-  /** (Re)starts the countdown. */
-  arm(): void;
-  /** Stops the countdown. */
-  pause(): void;
 }
 
 /**
@@ -724,7 +707,7 @@ export class AbsReplicaClient implements ReplicaClient {
     const key = await this.#signingKey();
     for (let attempt = 1;; attempt++) {
       signal?.throwIfAborted();
-      const timer = this.#idleTimer();
+      const timer = new IdleTimer(this.idleTimeoutMs);
       let retryable: unknown;
       try {
         const combined = signal ? AbortSignal.any([signal, timer.signal]) : timer.signal;
@@ -737,7 +720,7 @@ export class AbsReplicaClient implements ReplicaClient {
           "authorization",
           await authorization(this.accountName, key, req.method, url, headers, length),
         );
-        timer.arm();
+        timer.start();
         const res = await fetch(url, {
           method: req.method,
           headers,
@@ -755,42 +738,22 @@ export class AbsReplicaClient implements ReplicaClient {
           if (!RETRY_STATUS.has(res.status)) throw err;
           retryable = err;
         } else {
-          if (req.stream) timer.pause(); // the caller arms it while it reads
+          if (req.stream) timer.stop(); // the caller arms it while it reads
           const out = await read(res, timer);
-          if (!req.stream) timer.pause();
+          if (!req.stream) timer.stop();
           return out;
         }
       } catch (err) {
-        timer.pause();
+        timer.stop();
         if (signal?.aborted) throw signal.reason;
         if (!(err instanceof TypeError || err instanceof IdleTimeoutError)) throw err;
         retryable = err;
       }
-      timer.pause();
+      timer.stop();
       if (attempt >= MAX_ATTEMPTS) throw retryable;
       const cap = Math.min(RETRY_MAX_DELAY_MS, RETRY_BASE_DELAY_MS * 2 ** (attempt - 1));
       await delay(Math.random() * cap, { signal });
     }
-  }
-
-  #idleTimer(): IdleTimer {
-    const ms = this.idleTimeoutMs;
-    const controller = new AbortController();
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const pause = () => {
-      if (timer !== undefined) clearTimeout(timer);
-      timer = undefined;
-    };
-    return {
-      signal: controller.signal,
-      arm() {
-        pause();
-        if (!controller.signal.aborted) {
-          timer = setTimeout(() => controller.abort(new IdleTimeoutError(ms)), ms);
-        }
-      },
-      pause,
-    };
   }
 
   /** Opens a blob as a stream; a missing blob is `Deno.errors.NotFound`. */
@@ -831,27 +794,27 @@ export class AbsReplicaClient implements ReplicaClient {
     signal: AbortSignal | undefined,
   ): ReadableStream<Uint8Array> {
     if (!res.body) {
-      timer.pause();
+      timer.stop();
       return new ReadableStream({ start: (c) => c.close() });
     }
     const reader = res.body.getReader();
     return new ReadableStream<Uint8Array>({
       pull: async (controller) => {
-        timer.arm(); // only while waiting on the server, not while the reader is slow
+        timer.start(); // only while waiting on the server, not while the reader is slow
         let next: ReadableStreamReadResult<Uint8Array>;
         try {
           next = await reader.read();
         } catch (err) {
-          timer.pause();
+          timer.stop();
           controller.error(this.#translate(action, signal, err));
           return;
         }
-        timer.pause();
+        timer.stop();
         if (next.done) controller.close();
         else controller.enqueue(next.value);
       },
       cancel: (reason) => {
-        timer.pause();
+        timer.stop();
         return reader.cancel(reason);
       },
     }, { highWaterMark: 0 });

@@ -73,6 +73,7 @@ import type {
 } from "../replica_client.ts";
 import { concat } from "../internal/bytes.ts";
 import { delay } from "../internal/delay.ts";
+import { IdleTimeoutError, IdleTimer } from "../internal/idle_timer.ts";
 
 /** Where requests go when neither `endpoint` nor `STORAGE_EMULATOR_HOST` is set. */
 export const DEFAULT_GCS_ENDPOINT = "https://storage.googleapis.com";
@@ -225,14 +226,6 @@ class IncompleteUploadError extends Error {
   constructor(message: string) {
     super(message);
     this.name = "IncompleteUploadError";
-  }
-}
-
-/** A request moved no byte for the idle timeout. */
-class IdleTimeoutError extends Error {
-  constructor(ms: number) {
-    super(`no data for ${ms} ms`);
-    this.name = "IdleTimeoutError";
   }
 }
 
@@ -937,61 +930,6 @@ function committedOffset(res: Response, start: number): number {
     throw new Error(`the server kept ${committed} bytes of the upload, ${start} were sent`);
   }
   return committed;
-}
-
-/**
- * Aborts a request when no byte moved for `ms`. Runs only while a network step is pending
- * (`start()` … `stop()`), so a slow reader of a download is not mistaken for a stalled server.
- */
-class IdleTimer {
-  readonly #ms: number;
-  readonly #controller = new AbortController();
-  #timer?: ReturnType<typeof setTimeout>;
-  fired?: IdleTimeoutError;
-
-  constructor(ms: number) {
-    this.#ms = ms;
-  }
-
-  get signal(): AbortSignal {
-    return this.#controller.signal;
-  }
-
-  start(): void {
-    this.stop();
-    this.#timer = setTimeout(() => {
-      this.fired = new IdleTimeoutError(this.#ms);
-      this.#controller.abort(this.fired);
-    }, this.#ms);
-  }
-
-  stop(): void {
-    if (this.#timer !== undefined) clearTimeout(this.#timer);
-    this.#timer = undefined;
-  }
-
-  /** Passes `body` through, timing each read. */
-  guard(body: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
-    const reader = body.getReader();
-    return new ReadableStream<Uint8Array>({
-      pull: async (controller) => {
-        this.start();
-        try {
-          const { done, value } = await reader.read();
-          if (done) controller.close();
-          else controller.enqueue(value);
-        } catch (err) {
-          controller.error(this.fired ?? err);
-        } finally {
-          this.stop();
-        }
-      },
-      cancel: (reason) => {
-        this.stop();
-        return reader.cancel(reason);
-      },
-    }, { highWaterMark: 0 });
-  }
 }
 
 /**

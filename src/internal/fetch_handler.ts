@@ -12,6 +12,7 @@
  *
  * @module
  */
+import { IdleTimer } from "./idle_timer.ts";
 
 /** The request the SDK hands its handler. */
 export interface SdkHttpRequest {
@@ -54,8 +55,8 @@ export class FetchNetworkError extends Error {
   /** The server's host name and port, as Node's network errors name them. */
   readonly address: string;
   readonly port: number | undefined;
-  constructor(message: string, code: string | undefined, r: SdkHttpRequest, cause: unknown) {
-    super(message, { cause });
+  constructor(message: string, code: string | undefined, r: SdkHttpRequest) {
+    super(message);
     this.name = "NetworkError";
     this.code = code;
     this.address = r.hostname;
@@ -77,7 +78,7 @@ export class FetchHandler {
     request: SdkHttpRequest,
     options: { abortSignal?: AbortSignal } = {},
   ): Promise<{ response: SdkHttpResponse }> {
-    const idle = new IdleTimer(this.#idleTimeoutMs);
+    const idle = new IdleTimer(this.#idleTimeoutMs, (ms) => new FetchTimeoutError(ms));
     const caller = options.abortSignal;
     // The SDK may hand an AbortSignal of its own shape: only a real one can be combined.
     const signal = caller instanceof AbortSignal
@@ -111,7 +112,7 @@ export class FetchHandler {
         statusCode: res.status,
         reason: res.statusText,
         headers: out,
-        body: res.body ? idle.guard(res.body, request) : undefined,
+        body: res.body ? idle.guard(res.body, (err) => networkError(err, request)) : undefined,
       },
     };
   }
@@ -166,58 +167,15 @@ function networkError(err: unknown, request: SdkHttpRequest): unknown {
   } else if (/certificate|UnknownIssuer|InvalidCertificate/i.test(message)) code = undefined;
   else if (/unreachable|no route/i.test(message)) code = "EHOSTUNREACH";
   else code = "ECONNRESET"; // closed, reset or broken: retried like a reset
-  // The innermost message says what happened ("connection closed before message completed").
-  return new FetchNetworkError(messages[messages.length - 1], code, request, err);
+  // What happened, without the request's URL and addresses that Deno's message repeats
+  // ("client error (SendRequest): connection closed before message completed").
+  const what = messages.find((m) => /^error sending request/.test(m)) ??
+    messages[messages.length - 1];
+  return new FetchNetworkError(shortReason(what), code, request);
 }
 
-/** Aborts a request that moves no byte for `ms`. */
-class IdleTimer {
-  readonly #ms: number;
-  readonly #controller = new AbortController();
-  #timer?: ReturnType<typeof setTimeout>;
-  fired?: FetchTimeoutError;
-
-  constructor(ms: number) {
-    this.#ms = ms;
-  }
-
-  get signal(): AbortSignal {
-    return this.#controller.signal;
-  }
-
-  start(): void {
-    this.stop();
-    this.#timer = setTimeout(() => {
-      this.fired = new FetchTimeoutError(this.#ms);
-      this.#controller.abort(this.fired);
-    }, this.#ms);
-  }
-
-  stop(): void {
-    if (this.#timer !== undefined) clearTimeout(this.#timer);
-    this.#timer = undefined;
-  }
-
-  /** Passes `body` through, timing each read; a failed read fails as a network error. */
-  guard(body: ReadableStream<Uint8Array>, request: SdkHttpRequest): ReadableStream<Uint8Array> {
-    const reader = body.getReader();
-    return new ReadableStream<Uint8Array>({
-      pull: async (controller) => {
-        this.start();
-        try {
-          const { done, value } = await reader.read();
-          if (done) controller.close();
-          else controller.enqueue(value);
-        } catch (err) {
-          controller.error(this.fired ?? networkError(err, request));
-        } finally {
-          this.stop();
-        }
-      },
-      cancel: (reason) => {
-        this.stop();
-        return reader.cancel(reason);
-      },
-    }, { highWaterMark: 0 });
-  }
+/** Deno's "error sending request from A for URL (B): reason" shortened to the reason. */
+function shortReason(message: string): string {
+  const m = /^error sending request\b.*?\): (.*)$/.exec(message);
+  return m ? m[1] : message;
 }
