@@ -9,7 +9,8 @@
  * Runs: ours at its default sync interval (20 ms for a file replica), ours at v0.3.13's
  * (`sync-interval: 1s`), and v0.3.13 (default, 1 s).
  *
- * Alone: `deno run -A scripts/bench/big_txn.ts [--txn-mb=20] [--count=5] [--runs=ours,ours-1s,v0.3.13]`
+ * Alone: `deno run -A --lock=tests/deno.lock scripts/bench/big_txn.ts [--txn-mb=20] [--count=5]
+ * [--runs=ours,ours-1s,v0.3.13]`
  *
  * @module
  */

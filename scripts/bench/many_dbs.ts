@@ -10,8 +10,8 @@
  * Measured: the replicator's CPU (user + sys) for phases 1 + 2 and for phase 3, and its
  * peak RSS (VmHWM) at the end of each.
  *
- * Alone: `deno run -A scripts/bench/many_dbs.ts [--dbs=200] [--idle=20] [--tools=ours,v0.3.13]
- * [--cpu-prof=DIR] [--threads]`: `--cpu-prof` writes a V8 CPU profile of our replicator into
+ * Alone: `deno run -A --lock=tests/deno.lock scripts/bench/many_dbs.ts [--dbs=200] [--idle=20]
+ * [--tools=ours,v0.3.13] [--cpu-prof=DIR] [--threads]`: `--cpu-prof` writes a V8 CPU profile of our replicator into
  * DIR, `--threads` prints the CPU of each thread of the replicator after the commits.
  *
  * @module

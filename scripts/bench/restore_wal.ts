@@ -19,8 +19,8 @@
  * `PRAGMA integrity_check`, which v0.3.13 does not run. Every output must equal the source
  * byte for byte (sha256 of the source after a TRUNCATE checkpoint).
  *
- * Alone: `deno run -A scripts/bench/restore_wal.ts [--runs=3] [--txn-mb=20] [--txn-count=5]
- * [--commits=3000] [--big-mb=128] [--no-s3] [--keep=DIR]` (with `--keep`, the replicas are
+ * Alone: `deno run -A --lock=tests/deno.lock scripts/bench/restore_wal.ts [--runs=3] [--txn-mb=20]
+ * [--txn-count=5] [--commits=3000] [--big-mb=128] [--no-s3] [--keep=DIR]` (with `--keep`, the replicas are
  * built once in DIR and reused by later runs).
  *
  * @module
