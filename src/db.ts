@@ -22,6 +22,7 @@
  */
 import {
   decodeWalHeader,
+  isFreshWalHeader,
   isNextWalHeader,
   isValidWalHeader,
   WAL_HEADER_SIZE,
@@ -437,7 +438,13 @@ export class Db implements AsyncDisposable {
     }
     const same = bytesEqual(walHeaderBytes, sh.headerBytes!);
     if (!same && this.#continuous) {
-      return isNextWalHeader(sh.header!, decodeWalHeader(walHeaderBytes))
+      // Our read mark let one restart through at most, after we had copied that whole life
+      // (see checkpoint.ts), so the changed header starts the next life. Salt-1 + 1 confirms
+      // it, except after a TRUNCATE whose first new frame came from a connection that never
+      // restarted a WAL: SQLite gave that header fresh salts (a new generation there was a
+      // false alarm, seen when another process ran TRUNCATE checkpoints).
+      const next = decodeWalHeader(walHeaderBytes);
+      return isNextWalHeader(sh.header!, next) || isFreshWalHeader(sh.header!, next)
         ? { kind: "next" }
         : { kind: "new", reason: "wal restarted more than once since last sync" };
     }

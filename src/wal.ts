@@ -292,6 +292,18 @@ export function isNextWalHeader(prev: WalHeader, next: WalHeader): boolean {
     next.salt1 === ((prev.salt1 + 1) >>> 0);
 }
 
+/**
+ * Returns true when `next` is the header SQLite writes into an empty WAL file (after a
+ * TRUNCATE checkpoint) from a connection that never restarted a WAL itself: its checkpoint
+ * sequence is 0, and SQLite then draws new random salts (sqlite3WalFrames) instead of
+ * salt-1 + 1, so the salts cannot tell how many lives went by. Same format and page size.
+ */
+export function isFreshWalHeader(prev: WalHeader, next: WalHeader): boolean {
+  return prev.littleEndian === next.littleEndian &&
+    prev.pageSize === next.pageSize &&
+    next.checkpointSeq === 0;
+}
+
 /** SQLite database file header magic, `"SQLite format 3\0"`. */
 export const DB_HEADER_MAGIC = "SQLite format 3\0";
 

@@ -96,6 +96,32 @@ Deno.test("Db starts a new generation when another process truncated the WAL whi
   assert.equal(await restoredDump(fx.client, `${dir.path}/r.db`), await dump(fx.path));
 });
 
+Deno.test("Db follows a WAL another process truncated and a connection that never restarted one started again", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path, { minCheckpointPageCount: 1 });
+  await using w = new Writer(fx.path);
+  await w.exec("INSERT INTO t (v) VALUES ('one')");
+  await fx.sync(); // copies and checkpoints all of it: our read mark is 0 now
+  const gen = fx.db.generation;
+  const index = fx.db.pos()!.index;
+  const before = decodeWalHeader(await readHead(`${fx.path}-wal`));
+  // Our mark-0 reader lets a TRUNCATE through (one restart), then a new process, which never
+  // restarted a WAL, writes the first frame: SQLite draws fresh salts, no salt-1 + 1.
+  assert.match(await sqliteAsync(fx.path, "PRAGMA wal_checkpoint(TRUNCATE);"), /^0\|0\|0/);
+  await sqliteAsync(fx.path, "INSERT INTO t (v) VALUES ('two');");
+  const after = decodeWalHeader(await readHead(`${fx.path}-wal`));
+  assert.equal(after.checkpointSeq, 0, "the premise: a writer that never restarted a WAL");
+  assert.notEqual(after.salt1, (before.salt1 + 1) >>> 0, "the premise: fresh salts");
+  await fx.sync();
+  assert.equal(fx.db.generation, gen, "one restart while our read mark was held: same generation");
+  assert.equal(fx.db.pos()!.index, index + 1, "the next WAL index");
+  assert.equal(await restoredDump(fx.client, `${dir.path}/r.db`), await dump(fx.path));
+});
+
+async function readHead(path: string): Promise<Uint8Array> {
+  return (await Deno.readFile(path)).subarray(0, WAL_HEADER_SIZE);
+}
+
 Deno.test("Db follows one WAL restart made while it was stopped, copying the old life's tail first", async () => {
   await using dir = await tempDir();
   await using fx = await openTestDb(dir.path);
