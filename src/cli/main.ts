@@ -9,26 +9,51 @@ import { print, printError } from "./output.ts";
 import { HelpRequested } from "./flags.ts";
 import { describeError, findCause, UsageError } from "../errors.ts";
 import { consoleSink, Logger } from "../log.ts";
-import * as replicate from "./replicate.ts";
-import * as restore from "./restore.ts";
-import * as listing from "./listing.ts";
-import * as databases from "./databases.ts";
-import * as verify from "./verify.ts";
-import * as version from "./version.ts";
 import { applyLitestreamEnv } from "../clients/env.ts";
 
-const COMMANDS: Record<
-  string,
-  { usage: string; run: (args: string[], log: Logger) => Promise<number> | number }
-> = {
-  databases: { usage: databases.usage, run: (a) => databases.run(a) },
-  generations: { usage: listing.generationsUsage, run: (a) => listing.runGenerations(a) },
-  replicate: { usage: replicate.usage, run: replicate.run },
-  restore: { usage: restore.usage, run: restore.run },
-  snapshots: { usage: listing.snapshotsUsage, run: (a) => listing.runSnapshots(a) },
-  verify: { usage: verify.usage, run: verify.run },
-  version: { usage: version.usage, run: version.run },
-  wal: { usage: listing.walUsage, run: (a) => listing.runWal(a) },
+/** A subcommand: its usage text and what runs it. */
+interface Command {
+  usage: string;
+  run: (args: string[], log: Logger) => Promise<number> | number;
+}
+
+/**
+ * Subcommands, each loaded when run: `version` or `restore` need not load the replicator
+ * (SQLite connections, watchers, the metrics server), which was most of their start-up.
+ */
+const COMMANDS: Record<string, () => Promise<Command>> = {
+  databases: async () => {
+    const m = await import("./databases.ts");
+    return { usage: m.usage, run: (a) => m.run(a) };
+  },
+  generations: async () => {
+    const m = await import("./listing.ts");
+    return { usage: m.generationsUsage, run: (a) => m.runGenerations(a) };
+  },
+  replicate: async () => {
+    const m = await import("./replicate.ts");
+    return { usage: m.usage, run: m.run };
+  },
+  restore: async () => {
+    const m = await import("./restore.ts");
+    return { usage: m.usage, run: m.run };
+  },
+  snapshots: async () => {
+    const m = await import("./listing.ts");
+    return { usage: m.snapshotsUsage, run: (a) => m.runSnapshots(a) };
+  },
+  verify: async () => {
+    const m = await import("./verify.ts");
+    return { usage: m.usage, run: m.run };
+  },
+  version: async () => {
+    const m = await import("./version.ts");
+    return { usage: m.usage, run: m.run };
+  },
+  wal: async () => {
+    const m = await import("./listing.ts");
+    return { usage: m.walUsage, run: (a) => m.runWal(a) };
+  },
 };
 
 export const USAGE = `litestream is a tool for replicating SQLite databases.
@@ -53,18 +78,18 @@ The commands are:
 export async function main(args: string[]): Promise<number> {
   const [cmd, ...rest] = args;
   if (cmd === undefined || cmd === "help" || cmd === "-h" || cmd === "--help" || cmd === "-help") {
-    if (cmd === "help" && rest[0] && COMMANDS[rest[0]]) {
-      print(COMMANDS[rest[0]].usage);
+    if (cmd === "help" && rest[0] && Object.hasOwn(COMMANDS, rest[0])) {
+      print((await COMMANDS[rest[0]]()).usage);
       return 0;
     }
     print(USAGE);
     return cmd === undefined ? 2 : 0;
   }
-  const command = COMMANDS[cmd];
-  if (!command) {
+  if (!Object.hasOwn(COMMANDS, cmd)) {
     printError(`litestream: unknown command "${cmd}" (run 'litestream help' for usage)`);
     return 2;
   }
+  const command = await COMMANDS[cmd]();
   // Only with permission to all four variables: asking would interrupt a run that has no
   // use for them (a file replica), and the S3 client applies the same rule by itself.
   if (LITESTREAM_ENV.every(mayUseEnv)) applyLitestreamEnv();
