@@ -24,9 +24,20 @@ import {
   track,
   waitReady,
 } from "./tools.ts";
-import { createDb, insertRowSql } from "./sqlite.ts";
+import { bigTxnSql, createDb } from "./sqlite.ts";
+import { fileReplica, writeReplicateConfig } from "./config.ts";
 import { newestSegmentsHold } from "./replica_watch.ts";
-import { clkTck, fmt, median, print, procStats, progress, sleep, waitUntil } from "./util.ts";
+import {
+  clkTck,
+  fmt,
+  median,
+  print,
+  procStats,
+  progress,
+  sleep,
+  type TableRow,
+  waitUntil,
+} from "./util.ts";
 
 /** One configuration of the workload. */
 export type BigTxnRun = "ours" | "ours-1s" | "v0.3.13";
@@ -58,40 +69,8 @@ export interface BigTxnOptions {
   runs?: readonly BigTxnRun[];
 }
 
-const MIB = 1024 * 1024;
-/** WAL bytes per inserted row: ~2000-byte rows, two per 4 KiB page (4120-byte frame). */
-const WAL_BYTES_PER_ROW = 2060;
-
-/** The SQL of transaction `k`: about `mb` MiB of new rows, then marker k's row. */
-function txnSql(k: number, mb: number): string {
-  const rows = Math.round(mb * MIB / WAL_BYTES_PER_ROW);
-  return [
-    ".timeout 10000",
-    ".bail on",
-    "BEGIN;",
-    `WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ${rows})` +
-    " INSERT INTO t (v) SELECT randomblob(1000) || zeroblob(1000) FROM c;",
-    insertRowSql(k),
-    "COMMIT;",
-    "",
-  ].join("\n");
-}
-
 function toolOf(run: BigTxnRun): Tool {
   return run === "v0.3.13" ? "v0.3.13" : "ours";
-}
-
-async function writeConfig(path: string, db: string, replica: string, run: BigTxnRun) {
-  const yaml = [
-    "dbs:",
-    `  - path: ${JSON.stringify(db)}`,
-    "    replicas:",
-    "      - type: file",
-    `        path: ${JSON.stringify(replica)}`,
-    ...(run === "ours-1s" ? ["        sync-interval: 1s"] : []),
-    "",
-  ].join("\n");
-  await Deno.writeTextFile(path, yaml);
 }
 
 /** Runs one configuration on a fresh database. */
@@ -100,7 +79,10 @@ async function runOne(tools: ToolSet, run: BigTxnRun, o: BigTxnOptions): Promise
   await Deno.mkdir(dir, { recursive: true });
   const db = `${dir}/db`, replica = `${dir}/replica`, config = `${dir}/litestream.yml`;
   await createDb(db);
-  await writeConfig(config, db, replica, run);
+  await writeReplicateConfig(config, {
+    db,
+    replica: fileReplica(replica, run === "ours-1s" ? { "sync-interval": "1s" } : {}),
+  });
   const rep = new Replicator(tools, toolOf(run), ["-config", config], `${dir}/replicate.log`);
   try {
     await waitReady(rep, replica);
@@ -108,7 +90,7 @@ async function runOne(tools: ToolSet, run: BigTxnRun, o: BigTxnOptions): Promise
     const s0 = await rep.stats();
     const lagsMs: number[] = [], writerSeconds: number[] = [];
     for (let k = 1; k <= o.count; k++) {
-      const w = await runTimed({ cmd: "sqlite3", args: [db] }, txnSql(k, o.txnMb));
+      const w = await runTimed({ cmd: "sqlite3", args: [db] }, bigTxnSql(k, o.txnMb));
       if (!w.success) throw new Error(`sqlite3 writer failed: ${w.stderr.trim()}`);
       const committed = performance.now();
       writerSeconds.push(w.ms / 1000);
@@ -189,22 +171,14 @@ export async function measureFloor(tools: ToolSet, dir: string): Promise<Floor> 
   return { denoIdle, replicateIdle };
 }
 
-/** A table row of {@linkcode bigTxnRows}: ours and v0.3.13. */
-export interface BigTxnRow {
-  metric: string;
-  ours: number;
-  theirs: number;
-  digits: number;
-}
-
 /** The table rows and notes of one load (`count` × `txnMb` MiB). */
 export function bigTxnRows(
   o: { txnMb: number; count: number },
   res: Partial<Record<BigTxnRun, BigTxnResult>>,
-): { rows: BigTxnRow[]; notes: string[] } {
+): { rows: TableRow[]; notes: string[] } {
   const load = `${o.count} × ${o.txnMb} MiB txn${o.count > 1 ? "s" : ""}`;
   const ours = res["ours"], slow = res["ours-1s"], t = res["v0.3.13"];
-  const rows: BigTxnRow[] = [];
+  const rows: TableRow[] = [];
   const row = (metric: string, a: number | undefined, b: number | undefined, digits: number) =>
     rows.push({ metric, ours: a ?? NaN, theirs: b ?? NaN, digits });
   row(`replicate CPU, ${load}, sync-interval 1 s (s)`, slow?.cpu, t?.cpu, 2);

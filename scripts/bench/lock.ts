@@ -29,6 +29,7 @@ import {
   waitReady,
 } from "./tools.ts";
 import { createDb, insertRowSql } from "./sqlite.ts";
+import { fileReplica, writeReplicateConfig } from "./config.ts";
 import { newestSegmentsHold } from "./replica_watch.ts";
 import { progress, sleep, waitUntil } from "./util.ts";
 
@@ -48,32 +49,6 @@ export function freePort(): number {
   const port = (listener.addr as Deno.NetAddr).port;
   listener.close();
   return port;
-}
-
-/**
- * Writes a `replicate` config for one database and one file replica with default settings,
- * serving metrics on `127.0.0.1:<port>`. Both tools read it unchanged.
- */
-export async function writeReplicateConfig(
-  path: string,
-  db: string,
-  replica: string,
-  port: number,
-  dbSettings: Record<string, number> = {},
-  replicaSettings: Record<string, string> = {},
-): Promise<void> {
-  const yaml = [
-    `addr: "127.0.0.1:${port}"`,
-    "dbs:",
-    `  - path: ${JSON.stringify(db)}`,
-    ...Object.entries(dbSettings).map(([k, v]) => `    ${k}: ${v}`),
-    "    replicas:",
-    "      - type: file",
-    `        path: ${JSON.stringify(replica)}`,
-    ...Object.entries(replicaSettings).map(([k, v]) => `        ${k}: ${v}`),
-    "",
-  ].join("\n");
-  await Deno.writeTextFile(path, yaml);
 }
 
 /** The text `/metrics` on `127.0.0.1:<port>` answers; `undefined` if it does not answer. */
@@ -317,7 +292,12 @@ async function runOne(
   await createDb(db);
   const before = await countRows(db);
   const port = freePort();
-  await writeReplicateConfig(config, db, replica, port, options.dbSettings);
+  await writeReplicateConfig(config, {
+    db,
+    replica: fileReplica(replica),
+    dbSettings: options.dbSettings,
+    addr: `127.0.0.1:${port}`,
+  });
   const rep = new Replicator(tools, tool, ["-config", config], `${dir}/replicate.log`);
   try {
     await waitReady(rep, replica);

@@ -58,8 +58,8 @@ import {
   runLockWorkload,
   scrapeWriteLock,
   waitMetrics,
-  writeReplicateConfig,
 } from "./lock.ts";
+import { fileReplica, writeReplicateConfig } from "./config.ts";
 import {
   clkTck,
   fmt,
@@ -262,7 +262,11 @@ async function writerWorkload(ctx: Ctx): Promise<void> {
     await createDb(db);
     // A config rather than DB REPLICA_URL arguments, for `addr:` (our write-lock metrics).
     const port = freePort();
-    await writeReplicateConfig(`${dir}/litestream.yml`, db, replica, port, {}, replicaSettings);
+    await writeReplicateConfig(`${dir}/litestream.yml`, {
+      db,
+      replica: fileReplica(replica, replicaSettings),
+      addr: `127.0.0.1:${port}`,
+    });
     const rep = new Replicator(
       ctx.tools,
       tool,

@@ -20,7 +20,7 @@ import { loadTools, Replicator, runChecked, type Tool, TOOLS, type ToolSet } fro
 import { createDb, insertRowSql } from "./sqlite.ts";
 import { findMarkers, listReplica } from "./replica_watch.ts";
 import { lz4Decompress } from "../../src/lz4.ts";
-import { clkTck, fmt, print, progress, sleep, waitUntil } from "./util.ts";
+import { clkTck, fmt, print, progress, sleep, type TableRow, waitUntil } from "./util.ts";
 
 /** Figures of one tool. */
 export interface ManyDbsResult {
@@ -220,21 +220,13 @@ export async function runManyDbsWorkload(
   return out;
 }
 
-/** A table row of {@linkcode manyDbsRows}: ours and v0.3.13. */
-export interface ManyDbsRow {
-  metric: string;
-  ours: number;
-  theirs: number;
-  digits: number;
-}
-
 /** The table rows and a note for one database count. */
 export function manyDbsRows(
   o: { dbs: number; idleSeconds: number },
   res: Partial<Record<Tool, ManyDbsResult>>,
-): { rows: ManyDbsRow[]; notes: string[] } {
+): { rows: TableRow[]; notes: string[] } {
   const ours = res["ours"], t = res["v0.3.13"];
-  const rows: ManyDbsRow[] = [
+  const rows: TableRow[] = [
     {
       metric: `${o.dbs} dbs, one daemon: CPU, start + ${ROUNDS} commits each (s)`,
       ours: ours?.busyCpu ?? NaN,

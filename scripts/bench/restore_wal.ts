@@ -36,9 +36,20 @@ import {
   type ToolSet,
   waitReady,
 } from "./tools.ts";
-import { bigDb, createDb, insertRowSql, runInsertScript } from "./sqlite.ts";
+import { bigDb, bigTxnSql, createDb, runInsertScript } from "./sqlite.ts";
+import { fileReplica, s3Replica, writeReplicateConfig } from "./config.ts";
 import { newestSegmentsHold } from "./replica_watch.ts";
-import { clkTck, exists, fmt, median, print, progress, sleep, waitUntil } from "./util.ts";
+import {
+  clkTck,
+  exists,
+  fmt,
+  median,
+  print,
+  progress,
+  sleep,
+  type TableRow,
+  waitUntil,
+} from "./util.ts";
 import { FileReplicaClient } from "../../src/clients/file.ts";
 import { S3ReplicaClient, type S3ReplicaClientOptions } from "../../src/clients/s3.ts";
 import { collect } from "../../src/replica_client.ts";
@@ -78,40 +89,15 @@ export interface RestoreCase {
   theirs: RestoreMeasure[];
 }
 
-/** A table row for the bench report: `ours` and `theirs` in `unit`. */
-export interface RestoreRow {
-  metric: string;
-  ours: number;
-  theirs: number;
-  digits: number;
-}
-
 /** What {@linkcode runRestoreWalWorkload} found. */
 export interface RestoreWalResult {
   cases: RestoreCase[];
-  rows: RestoreRow[];
+  rows: TableRow[];
   notes: string[];
 }
 
 const MIB = 1024 * 1024;
-/** WAL bytes per inserted row: ~2000-byte rows, two per 4 KiB page (4120-byte frame). */
-const WAL_BYTES_PER_ROW = 2060;
 const TIME_BIN = "/usr/bin/time";
-
-/** The SQL of transaction `k`: about `mb` MiB of new rows, then marker k's row. */
-function txnSql(k: number, mb: number): string {
-  const rows = Math.round(mb * MIB / WAL_BYTES_PER_ROW);
-  return [
-    ".timeout 10000",
-    ".bail on",
-    "BEGIN;",
-    `WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ${rows})` +
-    " INSERT INTO t (v) SELECT randomblob(1000) || zeroblob(1000) FROM c;",
-    insertRowSql(k),
-    "COMMIT;",
-    "",
-  ].join("\n");
-}
 
 /** A built replica and the sha256 its restores must have. */
 interface Built {
@@ -162,18 +148,10 @@ async function buildWalHeavy(
   if (syncInterval) {
     // The replica's `sync-interval`, which only a config file sets.
     const config = `${dir}/litestream.yml`;
-    await Deno.writeTextFile(
-      config,
-      [
-        "dbs:",
-        `  - path: ${JSON.stringify(db)}`,
-        "    replicas:",
-        "      - type: file",
-        `        path: ${JSON.stringify(replica)}`,
-        `        sync-interval: ${syncInterval}`,
-        "",
-      ].join("\n"),
-    );
+    await writeReplicateConfig(config, {
+      db,
+      replica: fileReplica(replica, { "sync-interval": syncInterval }),
+    });
     args = ["-config", config];
   }
   const rep = new Replicator(tools, tool, args, `${dir}/replicate.log`);
@@ -185,7 +163,7 @@ async function buildWalHeavy(
     for (let k = 1; k <= o.txnCount; k++) {
       progress(`9: ${tool} replicating transaction ${k} of ${o.txnMb} MiB`);
       const m = o.commits + k;
-      const w = await runTimed({ cmd: "sqlite3", args: [db] }, txnSql(m, o.txnMb));
+      const w = await runTimed({ cmd: "sqlite3", args: [db] }, bigTxnSql(m, o.txnMb));
       if (!w.success) throw new Error(`sqlite3 writer failed: ${w.stderr.trim()}`);
       await waitUntil(
         async () => {
@@ -267,24 +245,6 @@ async function copyReplica(root: string, to: S3ReplicaClient): Promise<void> {
 
 async function readAllStream(s: ReadableStream<Uint8Array>): Promise<Uint8Array> {
   return new Uint8Array(await new Response(s).arrayBuffer());
-}
-
-function s3Config(path: string, db: string, server: S3Server, prefix: string): Promise<void> {
-  const yaml = [
-    "dbs:",
-    `  - path: ${JSON.stringify(db)}`,
-    "    replicas:",
-    "      - type: s3",
-    `        bucket: ${server.bucket}`,
-    `        path: ${prefix}`,
-    `        endpoint: ${server.endpoint}`,
-    "        region: us-east-1",
-    "        force-path-style: true",
-    `        access-key-id: ${JSON.stringify(server.accessKeyId)}`,
-    `        secret-access-key: ${JSON.stringify(server.secretAccessKey)}`,
-    "",
-  ];
-  return Deno.writeTextFile(path, yaml.join("\n"));
 }
 
 let hasTimeBin: boolean | undefined;
@@ -423,7 +383,7 @@ export async function runRestoreWalWorkload(
           await copyReplica(s3Shaped[tool].replica, client);
           const path = `${o.dir}/w9-s3-${tool}.yml`;
           const db = `${o.dir}/w9-s3-${tool}.db`;
-          await s3Config(path, db, server, prefix);
+          await writeReplicateConfig(path, { db, replica: s3Replica(server, prefix) });
           cfg[tool] = ["-config", path, db];
         }
         plans.push({
@@ -460,7 +420,7 @@ export async function runRestoreWalWorkload(
       if (c.theirs.length === 0) c.theirs = cases[plans[i].shareWith ?? 0].theirs;
     }
 
-    const rows: RestoreRow[] = [];
+    const rows: TableRow[] = [];
     const med = (ms: RestoreMeasure[], k: keyof RestoreMeasure) => median(ms.map((m) => m[k]));
     for (const [i, c] of cases.entries()) {
       rows.push({

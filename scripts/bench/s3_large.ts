@@ -28,7 +28,8 @@
 import { cli, REPO, sqliteAsync } from "../../tests/_helpers.ts";
 import { exists } from "../../src/internal/fs.ts";
 import { litestreamBin } from "../../tests/_oracle.ts";
-import { type S3TestServer, startS3Server } from "../../tests/_s3_servers.ts";
+import { startS3Server } from "../../tests/_s3_servers.ts";
+import { s3Replica, writeReplicateConfig } from "./config.ts";
 import { S3ReplicaClient } from "../../src/clients/s3.ts";
 import { collect } from "../../src/replica_client.ts";
 
@@ -183,23 +184,6 @@ async function motoPid(): Promise<number | undefined> {
   return line ? Number(line.trim().split(/\s+/)[0]) : undefined;
 }
 
-async function writeConfig(file: string, db: string, server: S3TestServer, prefix: string) {
-  const yaml = [
-    "dbs:",
-    `  - path: ${JSON.stringify(db)}`,
-    "    replicas:",
-    "      - type: s3",
-    `        bucket: ${server.bucket}`,
-    `        path: ${prefix}`,
-    `        endpoint: ${server.endpoint}`,
-    "        region: us-east-1",
-    "        force-path-style: true",
-    `        access-key-id: ${JSON.stringify(server.accessKeyId)}`,
-    `        secret-access-key: ${JSON.stringify(server.secretAccessKey)}`,
-  ];
-  await Deno.writeTextFile(file, yaml.join("\n") + "\n");
-}
-
 /** Row count and total blob bytes: cheap evidence two databases hold the same rows. */
 async function fingerprint(db: string): Promise<string> {
   return (await sqliteAsync(db, "SELECT count(*), sum(length(b)), max(id) FROM t;")).trim();
@@ -233,7 +217,7 @@ async function runTool(
   const motoProc = await motoPid();
   const moto = motoProc ? new RssWatch(motoProc) : undefined;
   const config = `${work}/litestream.yml`;
-  await writeConfig(config, db, server, "large/db");
+  await writeReplicateConfig(config, { db, replica: s3Replica(server, "large/db") });
   const bin = tool === "ours" ? undefined : await litestreamBin();
   const command = (args: string[]) =>
     bin

@@ -19,6 +19,27 @@ export function insertRowSql(k: number): string {
   return `INSERT INTO t (v) VALUES ('${marker(k)}${PAYLOAD}');`;
 }
 
+/** WAL bytes per row of {@linkcode bigTxnSql}: ~2000-byte rows, two per 4 KiB page (4120-byte frame). */
+const WAL_BYTES_PER_BIG_ROW = 2060;
+
+/**
+ * A `sqlite3` script of one transaction of about `mb` MiB of new rows (half random bytes,
+ * half zeros), then marker k's row.
+ */
+export function bigTxnSql(k: number, mb: number): string {
+  const rows = Math.round(mb * 1024 * 1024 / WAL_BYTES_PER_BIG_ROW);
+  return [
+    ".timeout 10000",
+    ".bail on",
+    "BEGIN;",
+    `WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ${rows})` +
+    " INSERT INTO t (v) SELECT randomblob(1000) || zeroblob(1000) FROM c;",
+    insertRowSql(k),
+    "COMMIT;",
+    "",
+  ].join("\n");
+}
+
 /** Creates a small WAL-mode database with the table `t(id, v)` the workloads write to. */
 export async function createDb(path: string): Promise<void> {
   await runChecked({

@@ -6,6 +6,14 @@
 
 const enc = new TextEncoder();
 
+/** A row of a workload's table for the report: ours and v0.3.13, shown with `digits` decimals. */
+export interface TableRow {
+  metric: string;
+  ours: number;
+  theirs: number;
+  digits: number;
+}
+
 /** Writes one line to stdout. */
 export function print(line = ""): void {
   writeAllSync(Deno.stdout, enc.encode(line + "\n"));
