@@ -640,8 +640,8 @@ export class Db implements AsyncDisposable {
   }
 
   /** True if the WAL's inode, size or mtime differ from what the last sync started with. */
-  #walStatChanged(): boolean {
-    const seen = this.#walSeen, st = statOrUndefined(this.walPath);
+  #walStatChanged(st = statOrUndefined(this.walPath)): boolean {
+    const seen = this.#walSeen;
     if (!seen || !st) return true;
     return st.ino !== seen.ino || st.size !== seen.size ||
       st.mtime?.getTime() !== seen.mtime?.getTime();
@@ -657,16 +657,14 @@ export class Db implements AsyncDisposable {
    * second old. A full sync every WAL_STAT_TRUST_MS covers a clock stepped back.
    */
   #walUnchanged(): boolean {
-    const seen = this.#walSeen, st = statOrUndefined(this.walPath);
-    if (!seen || !st || this.#shadow.index === undefined) return false;
+    const st = statOrUndefined(this.walPath);
+    if (!st || this.#shadow.index === undefined || this.#walStatChanged(st)) return false;
     if (!this.#watcher.armed) {
-      const at = this.#walSeenAt, mtime = seen.mtime?.getTime();
+      const at = this.#walSeenAt, mtime = this.#walSeen!.mtime?.getTime();
       if (mtime === undefined || mtime > at - WAL_MTIME_SETTLED_MS) return false;
       if (Date.now() - at > WAL_STAT_TRUST_MS) return false;
     }
-    return st.ino === seen.ino && st.size === seen.size &&
-      st.mtime?.getTime() === seen.mtime?.getTime() &&
-      !this.#schedule.due(this.#shadowPoint(), st.size);
+    return !this.#schedule.due(this.#shadowPoint(), st.size);
   }
 
   #releaseReplicatorLock(): void {
