@@ -16,8 +16,9 @@
  * A PASSIVE checkpoint is then a hand-over (our read mark moves to the frames just copied)
  * followed by SQLite's PASSIVE backfill up to that mark while writers keep appending past
  * it; no write lock. When writers never pause long enough for the backfill to catch up, a
- * forced checkpoint (RESTART or TRUNCATE mode) takes the write lock only to copy and
- * backfill the few frames committed since: sub-millisecond holds, counted in the metrics.
+ * forced checkpoint (RESTART or TRUNCATE mode) catches up without the lock until a few
+ * frames are left, then takes the write lock only to copy and backfill those: holds of about
+ * a millisecond (SQLite's two fsyncs of the backfill), counted in the metrics.
  *
  * @module
  */
