@@ -141,6 +141,30 @@ export class Daemon implements AsyncDisposable {
     throw new Error(`${this.name} exited with code ${r.code} (signal ${r.signal}); log:\n${r.log}`);
   }
 
+  /**
+   * Waits until v0.3.13 has no upload in flight (every `write wal segment` and `write
+   * snapshot` of its log has its `…written` line) and its log has not grown for `quietMs`
+   * (longer than its 1 s sync interval, so a sync that found something to ship would have
+   * logged it). Stop it only then: its shutdown re-uploads a segment still in flight, and
+   * on SFTP the second upload truncates the file (`O_TRUNC`) before the process exits, so a
+   * replica stopped mid-upload can keep a 0-byte segment.
+   */
+  async settled(quietMs = 1_500, timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    let seen = -1;
+    let since = Date.now();
+    while (Date.now() < deadline) {
+      if (this.#log.length !== seen) {
+        seen = this.#log.length;
+        since = Date.now();
+      } else if (!uploadInFlight(this.#log) && Date.now() - since >= quietMs) {
+        return;
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    throw new Error(`${this.name} did not settle within ${timeoutMs} ms; log:\n${this.#log}`);
+  }
+
   async [Symbol.asyncDispose](): Promise<void> {
     if (this.running) await this.stop("SIGKILL").catch(() => {});
   }
@@ -167,6 +191,13 @@ export function hungOnPipe(log: string): boolean {
     if (done > 0 && n > done) return true;
   }
   return false;
+}
+
+/** True when a v0.3.13 log shows an upload started and not yet finished. */
+function uploadInFlight(log: string): boolean {
+  const count = (re: RegExp) => log.match(re)?.length ?? 0;
+  return count(/msg="write wal segment"/g) > count(/msg="wal segment written"/g) ||
+    count(/msg="write snapshot"/g) > count(/msg="snapshot written"/g);
 }
 
 /** Output of a finished command. */

@@ -703,6 +703,7 @@ async function oracleToOurs({ remote, dir, age }: Env): Promise<void> {
         `${idle.chunks} chunks / ${idle.bytes} bytes sent`,
     );
   }
+  await daemon.settled();
   const log = await daemon.stopOracle("SIGTERM");
 
   // Restores go to the server itself (fake-gcs-server serves downloads only under its own
