@@ -63,6 +63,14 @@ const CHECKPOINT_RETRY_MS = 100;
 const WAL_MTIME_SETTLED_MS = 1_000;
 /** Longest an unwatched WAL goes without a full sync (see Db.#walUnchanged). */
 const WAL_STAT_TRUST_MS = 60_000;
+/**
+ * While a transaction's frames sit uncommitted in the WAL (ShadowWal's `Tail`), how often the
+ * monitor polls the database's data version, and how long after the WAL's last change it
+ * does so before it scans the WAL whole once (a commit's wal-index update follows its frames
+ * by the WAL's fsync).
+ */
+const TAIL_POLL_MS = 20;
+const TAIL_QUIET_MS = 2_000;
 
 /** Options of {@linkcode Db}. */
 export interface DbOptions {
@@ -135,6 +143,10 @@ export class Db implements AsyncDisposable {
   // taken (see #walUnchanged).
   #walSeen?: Deno.FileInfo;
   #walSeenAt = 0;
+  /** When (performance.now) a sync last saw the WAL's stat change. */
+  #walChangedAt = 0;
+  /** The next sync scans the WAL's uncommitted tail whole (see TAIL_QUIET_MS). */
+  #fullScanDue = false;
   /** Set by a sync that copied committed frames (read by the monitor loop). */
   #copiedFrames = false;
   #waitingLogged = false;
@@ -258,10 +270,15 @@ export class Db implements AsyncDisposable {
     try {
       let changed = false;
       this.#ensureWalExists();
+      // Read before the WAL: a commit after this changes it (see ShadowWal.append).
+      const dataVersion = this.#fullScanDue ? undefined : this.#checkpointer!.dataVersion();
+      this.#fullScanDue = false;
+      const before = this.#walSeen;
       this.#walSeen = undefined;
       const seenAt = Date.now();
       let wal = this.#readWalHeader();
       const seen = wal.info;
+      if (!before || !sameStat(before, seen)) this.#walChangedAt = performance.now();
       let verdict: Verdict = this.#forceNewGeneration
         ? { kind: "new", reason: this.#forceNewGeneration }
         : this.#verify(wal.bytes, wal.size);
@@ -291,7 +308,7 @@ export class Db implements AsyncDisposable {
           await shadow.startIndex(shadow.index! + 1, wal.bytes);
           changed = true;
         }
-        if (this.#copy() > 0) changed = true;
+        if (this.#copy(dataVersion) > 0) changed = true;
       }
       const mode = this.#schedule.due(this.#shadowPoint(), wal.size);
       if (mode && !this.#checkpointLock.locked) {
@@ -315,6 +332,7 @@ export class Db implements AsyncDisposable {
       this.metrics.dbSize = this.#dbFile?.statSync().size ?? 0;
       this.metrics.shadowWalIndex = shadow.index ?? 0;
       this.metrics.shadowWalSize = shadow.totalBytes;
+      this.metrics.walScannedBytes = shadow.checksummedBytes;
     } catch (err) {
       this.metrics.syncErrorCount++;
       throw err;
@@ -477,10 +495,11 @@ export class Db implements AsyncDisposable {
 
   /**
    * Appends the committed frames of the current WAL life that the shadow lacks (no fsync:
-   * see ShadowWal.append). Returns the bytes appended, or -1 if the WAL restarted.
+   * see ShadowWal.append), resuming the scan of an uncommitted tail while `dataVersion` is
+   * the one it was found with. Returns the bytes appended, or -1 if the WAL restarted.
    */
-  #copy(): number {
-    const n = this.#shadow.append(this.walPath, this.#scratch);
+  #copy(dataVersion?: string): number {
+    const n = this.#shadow.append(this.walPath, this.#scratch, dataVersion);
     if (n < 0) {
       this.#wake.notify(); // the next sync follows the restarted WAL
       return n;
@@ -630,8 +649,14 @@ export class Db implements AsyncDisposable {
       // A poll only stats the WAL while that proves it unchanged: an idle database costs
       // no reads. Polls fall on shared ticks, so the event loop wakes once per interval for
       // all databases rather than once for each.
-      while (!burst && !(await this.#wake.wait(untilNextTick(this.monitorIntervalMs), signal))) {
+      while (!burst) {
+        const tail = this.#shadow.tailDataVersion;
+        const ms = tail === undefined
+          ? untilNextTick(this.monitorIntervalMs)
+          : Math.min(TAIL_POLL_MS, this.monitorIntervalMs);
+        if (await this.#wake.wait(ms, signal)) break;
         if (signal.aborted || !this.#walUnchanged()) break;
+        if (tail !== undefined && this.#tailMayHaveCommitted(tail)) break;
       }
       // Under a burst every commit wakes us: batch what arrives within the gap.
       const wait = lastStart + this.minSyncGapMs - performance.now();
@@ -642,9 +667,20 @@ export class Db implements AsyncDisposable {
   /** True if the WAL's inode, size or mtime differ from what the last sync started with. */
   #walStatChanged(st = statOrUndefined(this.walPath)): boolean {
     const seen = this.#walSeen;
-    if (!seen || !st) return true;
-    return st.ino !== seen.ino || st.size !== seen.size ||
-      st.mtime?.getTime() !== seen.mtime?.getTime();
+    return !seen || !st || !sameStat(seen, st);
+  }
+
+  /**
+   * True if a transaction whose uncommitted frames the last sync saw may have committed
+   * where a resumed scan would not look: the data version moved from `tail`, or the WAL has
+   * been quiet for TAIL_QUIET_MS (the next sync then scans it whole).
+   */
+  #tailMayHaveCommitted(tail: string): boolean {
+    if (performance.now() - this.#walChangedAt >= TAIL_QUIET_MS) {
+      this.#fullScanDue = true;
+      return true;
+    }
+    return this.#checkpointer?.dataVersion() !== tail;
   }
 
   /**
@@ -736,6 +772,11 @@ function isPermissionError(err: unknown): boolean {
 }
 
 /** Milliseconds until the next multiple of `intervalMs` on the process's monotonic clock. */
+/** True if two stats show the same inode, size and mtime. */
+function sameStat(a: Deno.FileInfo, b: Deno.FileInfo): boolean {
+  return a.ino === b.ino && a.size === b.size && a.mtime?.getTime() === b.mtime?.getTime();
+}
+
 function untilNextTick(intervalMs: number): number {
   return intervalMs - (performance.now() % intervalMs);
 }

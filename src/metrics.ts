@@ -34,6 +34,8 @@ export interface DbMetrics {
   writeLockSeconds: number;
   /** Longest single hold of SQLite's write lock, in seconds. */
   writeLockMaxSeconds: number;
+  /** WAL bytes checksummed looking for commits (not a v0.3.13 family: not exported). */
+  walScannedBytes: number;
   /** Holds of SQLite's write lock longer than {@linkcode LONG_WRITE_LOCK_SECONDS}. */
   writeLockLongCount: number;
 }
@@ -73,6 +75,7 @@ export function newDbMetrics(db: string): DbMetrics {
     writeLockSeconds: 0,
     writeLockMaxSeconds: 0,
     writeLockLongCount: 0,
+    walScannedBytes: 0,
   };
 }
 

@@ -81,6 +81,30 @@ interface State {
   header: WalHeader;
   /** Running WAL checksum at `size`. */
   checksum: [number, number];
+  /** Frames past `size` that a scan found valid but not yet committed, if any. */
+  tail?: Tail;
+}
+
+/**
+ * Where the last scan of an uncommitted tail (a transaction whose pages SQLite spills into
+ * the WAL before its commit) stopped, so that the next scan resumes there instead of
+ * checksumming the whole tail again: a 256 MiB transaction was otherwise scanned from its
+ * first frame at every sync while it was written.
+ *
+ * A resumed scan finds a commit written after the tail; it cannot see one written inside it
+ * (the transaction rolled back, wholly or to a savepoint, and a shorter one committed over
+ * its frames). Every commit changes SQLite's `PRAGMA data_version`, so a tail is resumed
+ * only while that is the value read before the scan that found it; the caller polls it while
+ * a tail is pending (a commit's frames precede its wal-index update) and scans whole once
+ * the WAL has been quiet for a while.
+ */
+interface Tail {
+  /** End of the valid frames scanned (a frame boundary past the state's `size`). */
+  at: number;
+  /** Running checksum there. */
+  checksum: [number, number];
+  /** The database's data version (see Checkpointer.dataVersion) read before the scan. */
+  dataVersion: string;
 }
 
 /** The shadow WAL of one database. Not safe for concurrent writers: `Db` serialises them. */
@@ -90,6 +114,7 @@ export class ShadowWal implements ShadowWalReader {
   #generation?: string;
   #state?: State;
   #bytes = 0; // all shadow files of the generation
+  #checksummed = 0;
   readonly #log: Logger;
 
   constructor(dir: string, log: Logger) {
@@ -100,6 +125,11 @@ export class ShadowWal implements ShadowWalReader {
   /** The current generation, if any. */
   get generation(): string | undefined {
     return this.#generation;
+  }
+
+  /** Bytes of WAL frames checksummed so far by scans and copies (what resuming a tail saves). */
+  get checksummedBytes(): number {
+    return this.#checksummed;
   }
 
   /** Index of the current file (WAL life). */
@@ -253,16 +283,66 @@ export class ShadowWal implements ShadowWalReader {
    * @returns the number of bytes appended, or -1 if the WAL file no longer holds the life
    * the current file copies (its header changed: the WAL was restarted or truncated)
    */
-  append(walPath: string, scratch: Scratch): number {
+  append(walPath: string, scratch: Scratch, dataVersion?: string): number {
     const sh = this.#state!;
     using wal = Deno.openSync(walPath, { read: true });
     scratch.reset();
     // SQLite writes a restarted WAL's header before any of its frames: read it first.
     if (!bytesEqual(readAtSync(wal, 0, WAL_HEADER_SIZE, scratch), sh.headerBytes)) return -1;
-    return this.#appendScanned(
-      wal,
-      scanFile(wal, sh.size, wal.statSync().size, sh.header, sh.checksum, scratch),
-    );
+    const walSize = wal.statSync().size;
+    const tail = sh.tail;
+    sh.tail = undefined;
+    if (tail && dataVersion !== undefined && tail.dataVersion === dataVersion) {
+      const n = this.#appendResumed(wal, walSize, tail, scratch);
+      if (n >= 0) return n;
+      // The tail changed under us (its checksums were rewritten at its commit): scan it whole.
+    }
+    const scan = scanFile(wal, sh.size, walSize, sh.header, sh.checksum, scratch);
+    this.#checksummed += scan.validTo - sh.size;
+    const n = this.#appendScanned(wal, scan);
+    if (dataVersion !== undefined && scan.validTo > scan.end) {
+      sh.tail = { at: scan.validTo, checksum: scan.validChecksum, dataVersion };
+    }
+    return n;
+  }
+
+  /**
+   * While the last scan left frames that are valid but not committed yet, the data version
+   * it was found with (see {@linkcode Tail}).
+   */
+  get tailDataVersion(): string | undefined {
+    return this.#state?.tail?.dataVersion;
+  }
+
+  /**
+   * Scans on from where `tail` stopped. A commit found past it is copied with every frame
+   * since the state's end checked again, as a whole scan would have checked them.
+   *
+   * @returns the bytes appended, or -1 if the frames no longer continue the tail
+   */
+  #appendResumed(wal: Deno.FsFile, walSize: number, tail: Tail, scratch: Scratch): number {
+    const sh = this.#state!;
+    const fs = walFrameSize(sh.header.pageSize);
+    const scan = scanFile(wal, tail.at, walSize, sh.header, tail.checksum, scratch);
+    this.#checksummed += scan.validTo - tail.at;
+    if (scan.validTo === tail.at && tail.at + fs <= frameAlign(walSize, sh.header.pageSize)) {
+      return -1; // the frame after the tail does not follow it
+    }
+    let n = 0;
+    if (scan.end > tail.at) {
+      const from = sh.size;
+      const buf = scratch.take(Math.min(scanChunk(fs), scan.end - from));
+      n = this.#appendScanned(
+        wal,
+        { ...scan, buf, keptTo: from },
+        true,
+      );
+      if (n < 0) return -1;
+    }
+    if (scan.validTo > sh.size) {
+      sh.tail = { at: scan.validTo, checksum: scan.validChecksum, dataVersion: tail.dataVersion };
+    }
+    return n;
   }
 
   /**
@@ -333,6 +413,7 @@ export class ShadowWal implements ShadowWalReader {
       const n = readIntoSync(wal, off, part);
       if (n < part.length) throw new Error(`WAL ended at ${off + n}, before ${scan.end}`);
       if (sum) {
+        this.#checksummed += part.length;
         const r = scanWalFrames(part, header, sum);
         if (r.stop !== "end") {
           out.truncateSync(from);
@@ -446,6 +527,10 @@ interface Scan {
   end: number;
   /** Running checksum there. */
   checksum: [number, number];
+  /** End of the valid frames, committed or not (a transaction being written). */
+  validTo: number;
+  /** Running checksum there. */
+  validChecksum: [number, number];
   /** The scan's buffer, free once the scan returns (the copy reuses it). */
   buf: Uint8Array;
   /** `buf` starts with the file's bytes from the scan's start up to here (the start if not). */
@@ -472,9 +557,19 @@ function scanFile(
   let sum: [number, number] = [seed[0], seed[1]];
   let end = start;
   let endSum: [number, number] = [seed[0], seed[1]];
+  let validTo = start;
   scratch.reset();
-  if (start + fs > limit) return { end, checksum: endSum, buf: new Uint8Array(0), keptTo: start };
-  const maxChunk = Math.max(1, Math.floor(SCAN_CHUNK / fs)) * fs;
+  if (start + fs > limit) {
+    return {
+      end,
+      checksum: endSum,
+      validTo,
+      validChecksum: sum,
+      buf: new Uint8Array(0),
+      keptTo: start,
+    };
+  }
+  const maxChunk = scanChunk(fs);
   const buf = scratch.take(Math.min(maxChunk, limit - start));
   let chunk = Math.min(16 * fs, buf.length);
   let off = start;
@@ -497,11 +592,24 @@ function scanFile(
       end = off + r.committedBytes;
       endSum = r.committedChecksum;
     }
-    if (r.stop !== "end") break;
+    validTo = off + r.validFrames * fs;
     sum = r.checksum;
+    if (r.stop !== "end") break;
     off += usable.length;
     if (keeping) at += usable.length;
     chunk = Math.min(chunk * 4, maxChunk);
   }
-  return { end, checksum: endSum, buf, keptTo: keeping ? keptTo : start };
+  return {
+    end,
+    checksum: endSum,
+    validTo,
+    validChecksum: sum,
+    buf,
+    keptTo: keeping ? keptTo : start,
+  };
+}
+
+/** Bytes of whole frames of size `frameSize` a WAL read takes at most. */
+function scanChunk(frameSize: number): number {
+  return Math.max(1, Math.floor(SCAN_CHUNK / frameSize)) * frameSize;
 }

@@ -51,6 +51,83 @@ Deno.test("Db.sync() copies only whole transactions, never an uncommitted one", 
   assert.equal(await restoredDump(fx.client, `${dir.path}/r.db`), await dump(fx.path));
 });
 
+Deno.test("Db resumes the scan of a transaction spilling into the WAL: each frame checksummed about twice, not at every sync", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path);
+  await using w = new Writer(fx.path);
+  await fx.sync();
+  const before = fx.db.pos()!.offset;
+  const scannedBefore = fx.db.metrics.walScannedBytes;
+  await w.exec("PRAGMA cache_size=1; BEGIN");
+  const steps = 12;
+  for (let i = 0; i < steps; i++) {
+    await w.exec(blobs(60, 3000));
+    // A page spilled earlier changes again: SQLite overwrites its frame in place and, at the
+    // commit, rewrites every checksum from there on, so the resumed scan must notice.
+    if (i === 8) await w.exec("UPDATE t SET v = 'changed' WHERE id = 2");
+    await fx.db.sync();
+    assert.equal(fx.db.pos()!.offset, before, `step ${i}: uncommitted frames were not copied`);
+  }
+  await w.exec("COMMIT");
+  await fx.sync();
+  const tail = fx.db.pos()!.offset - before;
+  assert.ok(tail > steps * 60 * 3000, `the transaction reached the shadow WAL (${tail} bytes)`);
+  const scanned = fx.db.metrics.walScannedBytes - scannedBefore;
+  // Rescanning from the last commit at every sync would checksum ~steps/2 times the tail.
+  assert.ok(scanned <= 3 * tail, `checksummed ${scanned} bytes for a tail of ${tail}`);
+  assert.equal(await restoredDump(fx.client, `${dir.path}/r.db`), await dump(fx.path));
+});
+
+Deno.test("Db copies a commit written inside the frames of a rolled-back transaction it had scanned", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path);
+  await using w = new Writer(fx.path);
+  await fx.sync();
+  // Wholly rolled back: the next commit overwrites the old tail's first frames, and a scan
+  // resumed at the old tail's end would find nothing there.
+  await w.exec("PRAGMA cache_size=1; BEGIN");
+  await w.exec(blobs(200, 3000));
+  await fx.db.sync();
+  await w.exec("ROLLBACK");
+  await w.exec("INSERT INTO t (v) VALUES ('after rollback')");
+  await fx.sync();
+  assert.equal(await restoredDump(fx.client, `${dir.path}/r1.db`), await dump(fx.path));
+  // Rolled back to a savepoint: the commit lands inside the frames scanned before.
+  await w.exec("BEGIN");
+  await w.exec(blobs(50, 3000));
+  await w.exec("SAVEPOINT s");
+  await w.exec(blobs(200, 3000));
+  await fx.db.sync();
+  await w.exec("ROLLBACK TO s");
+  await w.exec("INSERT INTO t (v) VALUES ('after savepoint')");
+  await w.exec("COMMIT");
+  await fx.sync();
+  const restored = await restoredDump(fx.client, `${dir.path}/r2.db`);
+  assert.match(restored, /after savepoint/);
+  assert.equal(restored, await dump(fx.path));
+});
+
+Deno.test("Db's monitor copies a commit that lands inside a rolled-back tail it had scanned", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path, { monitorIntervalMs: 1000 });
+  await using w = new Writer(fx.path);
+  await waitFor(() => fx.db.pos() !== undefined, 10_000, "the first sync");
+  const before = fx.db.pos()!.offset;
+  const scanned = fx.db.metrics.walScannedBytes;
+  await w.exec("PRAGMA cache_size=1; BEGIN");
+  await w.exec(blobs(200, 3000));
+  await waitFor(
+    () => fx.db.metrics.walScannedBytes > scanned + 100 * 3000,
+    10_000,
+    "the monitor to scan the uncommitted frames",
+  );
+  await w.exec("ROLLBACK");
+  await w.exec("INSERT INTO t (v) VALUES ('after rollback')");
+  await waitFor(() => fx.db.pos()!.offset > before, 10_000, "the commit to be copied");
+  await fx.replica.sync();
+  assert.equal(await restoredDump(fx.client, `${dir.path}/r.db`), await dump(fx.path));
+});
+
 Deno.test("Db continues the same generation after a restart while the application keeps its connection", async () => {
   await using dir = await tempDir();
   await using fx = await openTestDb(dir.path);
