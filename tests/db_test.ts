@@ -414,8 +414,10 @@ Deno.test("Db polls an idle WAL with a stat only, yet runs a checkpoint that fal
   );
   const polls = Math.floor((performance.now() - t0) / POLL_MS);
   const extra = fx.db.metrics.syncCount - syncs;
-  // The sync that ran the checkpoint, and perhaps one woken by the commit's last write.
-  assert.ok(extra <= 2, `${extra} syncs during about ${polls} polls of an unchanged WAL`);
+  // The sync that ran the checkpoint, the one that ends the commit's burst, and perhaps one
+  // or two woken by the commit's last writes on a slow machine (3 seen in a CI run); a sync
+  // per poll would be ~30.
+  assert.ok(extra <= 5, `${extra} syncs during about ${polls} polls of an unchanged WAL`);
   await fx.sync();
   assert.equal(await restoredDump(fx.client, `${dir.path}/r.db`), await dump(fx.path));
 });
