@@ -634,7 +634,12 @@ export class Db implements AsyncDisposable {
       // us, one before it the sync sees. Within a burst the watch (an open and a close of a
       // watcher each time, and events for every write) would only repeat what the gap does.
       burst &&= this.#walStatChanged();
-      if (this.watch && !burst) this.#watcher.arm(signal);
+      // While a transaction spills into the WAL, every write would end a watch at once (and
+      // closing one waits for Deno's watcher thread: 0.3 s per 256 MiB transaction); the
+      // polls of a pending tail (below) notice its commit instead.
+      if (this.watch && !burst && this.#shadow.tailDataVersion === undefined) {
+        this.#watcher.arm(signal);
+      }
       const lastStart = performance.now();
       this.#copiedFrames = false;
       try {
