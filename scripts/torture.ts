@@ -13,7 +13,10 @@
  * to `hist`, sets `state.last` and trims `log` to the last {@linkcode LOG_WINDOW} rows of the
  * writer. A restored database is a committed state iff, for every writer, `hist` holds
  * exactly 1..k, `state.last` is k, `log` holds the window ending at k with each row's value
- * the one derived from `(writer, seq)`, and the ballast table is untouched.
+ * the one derived from `(writer, seq)`, and the ballast table is untouched. Now and then a
+ * writer also writes a transaction it rolls back, wholly or to a savepoint, under rows of a
+ * writer id of its own plus 100 (large, so that SQLite spills them into the WAL before the
+ * end, with a page cache of 16 pages): no restore may ever hold one of those.
  *
  * ```sh
  * deno run -A scripts/torture.ts --cycles=1000            # prints its seed
@@ -54,6 +57,8 @@ export type Stop = typeof STOPS[number];
 
 /** Rows of `log` kept per writer (the trigger deletes older ones). */
 export const LOG_WINDOW = 300;
+/** Added to a writer's id for the rows of transactions it rolls back. */
+const GHOST = 100;
 
 /** Options of {@linkcode torture}. */
 export interface TortureOptions {
@@ -102,6 +107,9 @@ export interface TortureReport {
   /** Checkpoints run by other processes, by mode. */
   foreignCheckpoints: Record<CheckpointModeName, number>;
   commits: number;
+  /** Transactions rolled back wholly, and committed after a rollback to a savepoint. */
+  rollbacks: number;
+  savepoints: number;
   /** Commits a writer had to retry (SQLITE_BUSY past its busy timeout). */
   busyRetries: number;
   /** Times every writer process was closed (the last connection checkpoints and deletes the WAL). */
@@ -120,7 +128,8 @@ export function formatReport(r: TortureReport): string {
   return `cycles=${r.cycles} corrupt=${r.corrupt} lost=${r.lost} errors=${r.errors}` +
     ` generations=${r.generations} kills=${r.kills} stops=${stops}` +
     ` snapshot-hits=${r.snapshotHits} restores=${r.restores} empty=${r.emptyRestores}` +
-    ` foreign-checkpoints=${ckpt} commits=${r.commits} busy-retries=${r.busyRetries}` +
+    ` foreign-checkpoints=${ckpt} commits=${r.commits} rollbacks=${r.rollbacks}` +
+    ` savepoints=${r.savepoints} busy-retries=${r.busyRetries}` +
     ` writer-restarts=${r.writerRestarts} seed=${r.seed}` +
     ` elapsed=${(r.elapsedMs / 1000).toFixed(1)}s`;
 }
@@ -149,6 +158,8 @@ export async function torture(options: TortureOptions = {}): Promise<TortureRepo
       number
     >,
     commits: 0,
+    rollbacks: 0,
+    savepoints: 0,
     busyRetries: 0,
     writerRestarts: 0,
     elapsedMs: 0,
@@ -261,6 +272,7 @@ class AppWriter {
   async start(): Promise<void> {
     this.#writer = new Writer(this.#db);
     await prepareWriter(this.#writer, { autocheckpoint: 0 });
+    await this.#writer.exec("PRAGMA cache_size = 16"); // rolled-back rows spill into the WAL
     this.#stopping = false;
     this.#loop = this.#run(this.#writer).catch((err) => {
       this.error ??= err;
@@ -282,12 +294,23 @@ class AppWriter {
       const from = this.committed + 1;
       const to = from + n - 1;
       this.attempted = Math.max(this.attempted, to);
-      const out = await writer.exec(
+      const insert =
         `INSERT INTO log (w, seq, v) SELECT ${this.id}, x, ${valueSql(String(this.id), "x")}` +
-          ` FROM (WITH RECURSIVE c(x) AS (SELECT ${from} UNION ALL SELECT x + 1 FROM c` +
-          ` WHERE x < ${to}) SELECT x FROM c);` +
-          ` SELECT coalesce(max(seq), 0) FROM hist WHERE w = ${this.id}`,
-      );
+        ` FROM (WITH RECURSIVE c(x) AS (SELECT ${from} UNION ALL SELECT x + 1 FROM c` +
+        ` WHERE x < ${to}) SELECT x FROM c);`;
+      const check = ` SELECT coalesce(max(seq), 0) FROM hist WHERE w = ${this.id}`;
+      const dice = this.#rng.next();
+      if (dice < 0.03) {
+        // Never committed: rows of writer id + 100, large enough to spill into the WAL.
+        await writer.exec(`BEGIN; ${this.#ghostSql()} ROLLBACK;`);
+        this.#report.rollbacks++;
+        continue;
+      }
+      const sql = dice < 0.06
+        ? `BEGIN; ${insert} SAVEPOINT s; ${this.#ghostSql()} ROLLBACK TO s; RELEASE s; COMMIT;`
+        : insert;
+      const out = await writer.exec(sql + check);
+      if (dice < 0.06) this.#report.savepoints++;
       const now = Number(out[out.length - 1]);
       if (now === to) {
         this.committed = to;
@@ -300,6 +323,14 @@ class AppWriter {
       const pause = this.#rng.int(0, 6);
       if (pause > 0) await sleep(pause);
     }
+  }
+
+  /** An INSERT of 20..200 rows of ~2 KB that must never be seen committed (writer id + 100). */
+  #ghostSql(): string {
+    const n = this.#rng.int(20, 200);
+    return `INSERT INTO log (w, seq, v) SELECT ${GHOST + this.id}, x, hex(randomblob(1000))` +
+      ` FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ${n})` +
+      ` SELECT x FROM c);`;
   }
 }
 
@@ -658,7 +689,8 @@ class Run {
          SELECT 'L', w, count(*), min(seq), max(seq), sum(v IS NOT ${
           valueSql("w", "seq")
         }) FROM log GROUP BY w;
-         SELECT 'B', (${BALLAST_HASH_SQL});`,
+         SELECT 'B', (${BALLAST_HASH_SQL});
+         SELECT 'G', count(*) FROM hist WHERE w >= ${GHOST};`,
       );
     } catch (err) {
       this.#problem("corrupt", c, `cannot read ${path}: ${(err as Error).message.trim()}`);
@@ -689,6 +721,8 @@ class Run {
       if (!same(l, want.l)) problems.push(`writer ${w.id} log ${l} (want ${want.l})`);
       if (n > w.attempted) problems.push(`writer ${w.id} at ${n}, never sent past ${w.attempted}`);
     }
+    const ghosts = Number(rows.find((r) => r[0] === "G")?.[1] ?? -1);
+    if (ghosts !== 0) problems.push(`${ghosts} rows of rolled-back transactions`);
     const ballast = rows.find((r) => r[0] === "B")?.[1];
     if (ballast !== this.#ballastHash) problems.push(`ballast hash ${ballast}`);
     if (problems.length > 0) {

@@ -305,6 +305,30 @@ export class Checkpointer {
   }
 
   /**
+   * Backfills the whole WAL into the database file and truncates it, for a WAL life the
+   * shadow WAL cannot follow to its end (see WalChainError): our read transactions end first,
+   * since no mark of ours may hold that backfill back, and begin again in the next life,
+   * which a write of ours starts. Retries while other connections keep the truncation from
+   * completing (a writer, a reader on an older snapshot), for up to the busy timeout.
+   *
+   * @returns false if the WAL could not be truncated in that time
+   */
+  async restartWal(): Promise<boolean> {
+    this.release();
+    try {
+      const until = performance.now() + this.#busyTimeoutMs;
+      for (;;) {
+        this.#c.ckpt.checkpoint("PASSIVE"); // the bulk of it, without any lock
+        if (this.#truncate()) return true;
+        if (performance.now() >= until) return false;
+        await delay(10);
+      }
+    } finally {
+      this.hold();
+    }
+  }
+
+  /**
    * Shrinks the fully backfilled WAL file to nothing and starts its next life with a write
    * of ours, so its header is the direct successor we follow. SQLite takes the write lock
    * for both; neither waits for a busy writer (the next checkpoint tries again).

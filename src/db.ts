@@ -22,11 +22,15 @@
  */
 import {
   decodeWalHeader,
+  decodeWalIndexHeader,
   isFreshWalHeader,
   isNextWalHeader,
   isValidWalHeader,
   WAL_HEADER_SIZE,
+  WAL_INDEX_HEADER_SIZE,
+  walFrameSize,
   type WalHeader,
+  type WalIndexHeader,
 } from "./wal.ts";
 import { defaultMetaPath } from "./layout.ts";
 import { formatPos, MAX_INDEX, type Pos } from "./pos.ts";
@@ -37,7 +41,7 @@ import { delay, Mutex, Wakeup } from "./internal/delay.ts";
 import { Scratch } from "./internal/bytes.ts";
 import { FailureLog } from "./internal/failure_log.ts";
 import { type Logger, silentLogger } from "./log.ts";
-import { describeError } from "./errors.ts";
+import { describeError, WalChainError } from "./errors.ts";
 import { createHash } from "node:crypto";
 import type { CallOptions } from "./replica_client.ts";
 import { type DbMetrics, newDbMetrics } from "./metrics.ts";
@@ -120,6 +124,9 @@ export class Db implements AsyncDisposable {
   // lock SQLite holds on it, after which another process may checkpoint and delete the
   // WAL under us. So the file is opened once, before the connections, and closed after.
   #dbFile?: Deno.FsFile;
+  // The same holds for the `-shm` file, where SQLite keeps the WAL's locks: opened once
+  // (after the connections created it), read with synchronous calls, closed after them.
+  #shmFile?: Deno.FsFile;
   #conns: Connection[] = []; // read-write ones first: see #closeConnections
   #checkpointer?: Checkpointer;
   readonly #shadow: ShadowWal;
@@ -145,6 +152,8 @@ export class Db implements AsyncDisposable {
   #walSeenAt = 0;
   /** When (performance.now) a sync last saw the WAL's stat change. */
   #walChangedAt = 0;
+  /** The checkpoint lock's holder waits for the running sync (see #syncForLockHolder). */
+  #lockHolderWaits = false;
   /** The next sync scans the WAL's uncommitted tail whole (see TAIL_QUIET_MS). */
   #fullScanDue = false;
   /** Set by a sync that copied committed frames (read by the monitor loop). */
@@ -266,8 +275,61 @@ export class Db implements AsyncDisposable {
     if (this.#closed) return;
     if (!this.#checkpointer && !(await this.#init())) return;
     const t0 = performance.now();
-    const shadow = this.#shadow;
     try {
+      try {
+        await this.#syncOnce();
+      } catch (err) {
+        if (!(err instanceof WalChainError)) throw err;
+        // The shadow WAL cannot follow this life to its end: let SQLite put every frame it
+        // counts as committed into the database file, start the WAL over, and start a new
+        // generation, whose snapshot holds them all.
+        this.log.warn("wal cannot be followed, restarting it for a new generation", {
+          error: err.message,
+        });
+        const restart = async () => {
+          if (!(await this.#checkpointer!.restartWal())) {
+            throw new Error(
+              `Cannot restart the WAL of "${this.path}": other connections kept it busy`,
+              { cause: err },
+            );
+          }
+        };
+        // No snapshot or validation may read the database file meanwhile: they hold the
+        // checkpoint lock while they do (and wait for this sync with it, see
+        // #syncForLockHolder); a sync that cannot take it fails, and the next one retries.
+        if (this.#lockHolderWaits) await restart();
+        else if (!this.#checkpointLock.locked) await this.#checkpointLock.run(restart);
+        else {
+          throw new Error(
+            `Cannot restart the WAL of "${this.path}" while a snapshot is read; will retry`,
+            { cause: err },
+          );
+        }
+        this.#forceNewGeneration = "wal frames committed without valid checksums";
+        await this.#syncOnce();
+      }
+    } catch (err) {
+      this.metrics.syncErrorCount++;
+      throw err;
+    } finally {
+      this.metrics.syncCount++; // failed ones too, as v0.3.13 counts them
+      this.metrics.syncSeconds += (performance.now() - t0) / 1000;
+    }
+  }
+
+  /** #sync for a holder of the checkpoint lock that reads nothing until it returns. */
+  async #syncForLockHolder(): Promise<void> {
+    this.#lockHolderWaits = true;
+    try {
+      await this.#sync();
+    } finally {
+      this.#lockHolderWaits = false;
+    }
+  }
+
+  async #syncOnce(): Promise<void> {
+    const shadow = this.#shadow;
+    {
       let changed = false;
       this.#ensureWalExists();
       // Read before the WAL: a commit after this changes it (see ShadowWal.append).
@@ -333,12 +395,6 @@ export class Db implements AsyncDisposable {
       this.metrics.shadowWalIndex = shadow.index ?? 0;
       this.metrics.shadowWalSize = shadow.totalBytes;
       this.metrics.walScannedBytes = shadow.checksummedBytes;
-    } catch (err) {
-      this.metrics.syncErrorCount++;
-      throw err;
-    } finally {
-      this.metrics.syncCount++; // failed ones too, as v0.3.13 counts them
-      this.metrics.syncSeconds += (performance.now() - t0) / 1000;
     }
   }
 
@@ -407,6 +463,12 @@ export class Db implements AsyncDisposable {
       );
       this.#ensureWalExists();
       this.#checkpointer.hold();
+      // SQLite created it for the connections above (unless in exclusive locking mode).
+      try {
+        this.#shmFile = Deno.openSync(`${this.path}-shm`, { read: true });
+      } catch (err) {
+        if (!(err instanceof Deno.errors.NotFound)) throw err;
+      }
     } catch (err) {
       this.#closeConnections();
       this.#releaseReplicatorLock();
@@ -499,11 +561,13 @@ export class Db implements AsyncDisposable {
    * the one it was found with. Returns the bytes appended, or -1 if the WAL restarted.
    */
   #copy(dataVersion?: string): number {
+    const index = this.#readWalIndex(); // before the WAL: its frames are all there
     const n = this.#shadow.append(this.walPath, this.#scratch, dataVersion);
     if (n < 0) {
       this.#wake.notify(); // the next sync follows the restarted WAL
       return n;
     }
+    this.#checkCommitted(index);
     if (n > 0) {
       this.metrics.totalWalBytes += n;
       if (this.log.enabled("debug")) {
@@ -511,6 +575,40 @@ export class Db implements AsyncDisposable {
       }
     }
     return n;
+  }
+
+  /**
+   * SQLite's wal-index header, or undefined if it cannot be read consistently (no `-shm`
+   * file: the application uses `locking_mode=EXCLUSIVE`; or it was being written).
+   */
+  #readWalIndex(): WalIndexHeader | undefined {
+    const f = this.#shmFile;
+    if (!f) return undefined;
+    for (let i = 0; i < 3; i++) {
+      const h = decodeWalIndexHeader(readAtSync(f, 0, 2 * WAL_INDEX_HEADER_SIZE));
+      if (h) return h;
+    }
+    return undefined;
+  }
+
+  /**
+   * Throws WalChainError if SQLite counted more frames of the shadow's WAL life as committed
+   * (`index`, read before the copy) than the copy found valid: the frames past it fail their
+   * checksums, yet our read mark may already stand past them, and a checkpoint would then put
+   * pages into the database file that no WAL segment of ours holds.
+   */
+  #checkCommitted(index: WalIndexHeader | undefined): void {
+    const sh = this.#shadow;
+    if (!index || !sh.headerBytes || !bytesEqual(index.salt, sh.headerBytes.subarray(16, 24))) {
+      return; // not the life we copy (the WAL restarted meanwhile)
+    }
+    const frames = (sh.size - WAL_HEADER_SIZE) / walFrameSize(sh.header!.pageSize);
+    if (index.mxFrame > frames) {
+      throw new WalChainError(
+        `WAL of "${this.path}": SQLite counts ${index.mxFrame} frames committed, but frame ` +
+          `${frames + 1} fails its checksum`,
+      );
+    }
   }
 
   /** Copies the rest of a WAL life that ended while we were stopped (see ShadowWal.appendEndedLife). */
@@ -555,7 +653,7 @@ export class Db implements AsyncDisposable {
     return await this.#checkpointLock.run(async () => {
       let pos: Pos | undefined;
       await this.#syncLock.run(async () => {
-        await this.#sync();
+        await this.#syncForLockHolder();
         if (!this.#checkpointer || !this.pos()) return;
         const out = await this.#checkpoint("PASSIVE", true);
         if (out.complete) {
@@ -607,7 +705,7 @@ export class Db implements AsyncDisposable {
     fn: (pos: Pos, read: (buf: Uint8Array) => number) => Promise<T>,
   ): Promise<T> {
     return await this.#checkpointLock.run(async () => {
-      await this.sync();
+      await this.#syncLock.run(() => this.#syncForLockHolder());
       const pos = this.pos();
       if (!pos) throw new Error(`Cannot snapshot "${this.path}": database not initialized`);
       // Only synchronous calls on this handle: Deno's async file calls work on a duplicate
@@ -730,6 +828,10 @@ export class Db implements AsyncDisposable {
       this.#dbFile?.close();
     } catch { /* closed */ }
     this.#dbFile = undefined;
+    try {
+      this.#shmFile?.close();
+    } catch { /* closed */ }
+    this.#shmFile = undefined;
   }
 
   /** Stops the monitor, syncs once more, and closes the connections (keeping the WAL). */

@@ -31,6 +31,18 @@ export class ReplicaIntegrityError extends Error {
   }
 }
 
+/**
+ * SQLite counts frames of the WAL as committed that fail their checksums, so the shadow WAL
+ * cannot follow the WAL's current life to its end (SQLite 3.40 leaves such frames after a
+ * ROLLBACK TO in a transaction that spilled into the WAL; its own recovery would drop them).
+ */
+export class WalChainError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "WalChainError";
+  }
+}
+
 /** Thrown by restore when no generation matches the request. */
 export class NoBackupError extends Error {
   constructor(message: string, options?: ErrorOptions) {

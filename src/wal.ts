@@ -178,6 +178,40 @@ export function walChecksum(
   return [s0 >>> 0, s1 >>> 0];
 }
 
+/** Bytes of one copy of the wal-index header at the start of the `-shm` file (two copies follow each other). */
+export const WAL_INDEX_HEADER_SIZE = 48;
+
+/** What {@linkcode decodeWalIndexHeader} reads from the `-shm` file. */
+export interface WalIndexHeader {
+  /** Frames of the current WAL life that are committed (SQLite's `mxFrame`). */
+  mxFrame: number;
+  /** The life's salts as the WAL header stores them (its bytes 16 to 24). */
+  salt: Uint8Array;
+}
+
+const NATIVE_LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/**
+ * Decodes the wal-index header SQLite keeps at the start of the `-shm` file, as a reader
+ * does without its locks: both copies must be equal, initialised and carry a valid
+ * checksum (SQLite writes them in the machine's byte order), else the header was being
+ * written and undefined is returned (try again).
+ */
+export function decodeWalIndexHeader(bytes: Uint8Array): WalIndexHeader | undefined {
+  const n = WAL_INDEX_HEADER_SIZE;
+  if (bytes.length < 2 * n) return undefined;
+  const a = bytes.subarray(0, n), b = bytes.subarray(n, 2 * n);
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return undefined;
+  const v = view(a);
+  if (v.getUint32(0, NATIVE_LITTLE_ENDIAN) !== 3007000 || a[12] !== 1) return undefined;
+  const sum = walChecksum(NATIVE_LITTLE_ENDIAN, a.slice(0, 40), [0, 0]);
+  if (
+    sum[0] !== v.getUint32(40, NATIVE_LITTLE_ENDIAN) ||
+    sum[1] !== v.getUint32(44, NATIVE_LITTLE_ENDIAN)
+  ) return undefined;
+  return { mxFrame: v.getUint32(16, NATIVE_LITTLE_ENDIAN), salt: a.slice(32, 40) };
+}
+
 /** Size in bytes of one frame (frame header plus page) for `pageSize`. */
 export function walFrameSize(pageSize: number): number {
   return WAL_FRAME_HEADER_SIZE + pageSize;

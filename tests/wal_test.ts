@@ -11,6 +11,7 @@ import {
   decodeDbPageSize,
   decodeWalFrameHeader,
   decodeWalHeader,
+  decodeWalIndexHeader,
   encodeWalHeader,
   frameAlign,
   isNextWalHeader,
@@ -19,6 +20,7 @@ import {
   scanWalFrames,
   WAL_FRAME_HEADER_SIZE,
   WAL_HEADER_SIZE,
+  WAL_INDEX_HEADER_SIZE,
   WAL_MAGIC_BE,
   WAL_MAGIC_LE,
   WAL_VERSION,
@@ -609,4 +611,27 @@ Deno.test("decodeDbPageSize() throws SyntaxError for short input, a WAL or a bad
   const bad = header.slice();
   new DataView(bad.buffer).setUint16(16, 1000);
   assert.throws(() => decodeDbPageSize(bad), SyntaxError);
+});
+
+Deno.test("decodeWalIndexHeader() reads SQLite's committed frame count and salts, and refuses a torn or damaged header", () => {
+  using w = new WalDb();
+  for (let i = 0; i < 3; i++) w.commit(2);
+  const shm = Deno.readFileSync(`${w.path}-shm`).slice(0, 2 * WAL_INDEX_HEADER_SIZE);
+  const wal = Deno.readFileSync(`${w.path}-wal`);
+  const h = decodeWalIndexHeader(shm);
+  assert.ok(h);
+  assert.equal(h.mxFrame, (wal.length - WAL_HEADER_SIZE) / walFrameSize(4096));
+  assert.deepEqual(h.salt, wal.slice(16, 24));
+  // SQLite's own count agrees (a PASSIVE checkpoint reports the frames in the WAL).
+  assert.equal(w.checkpoint("PASSIVE").log, h.mxFrame);
+  // The two copies differ (a writer was between them): try again.
+  const torn = shm.slice();
+  torn[WAL_INDEX_HEADER_SIZE + 16] ^= 1;
+  assert.equal(decodeWalIndexHeader(torn), undefined);
+  // Both copies changed alike but the checksum no longer matches.
+  const bad = shm.slice();
+  bad[16] ^= 1;
+  bad[WAL_INDEX_HEADER_SIZE + 16] ^= 1;
+  assert.equal(decodeWalIndexHeader(bad), undefined);
+  assert.equal(decodeWalIndexHeader(shm.subarray(0, 60)), undefined);
 });
