@@ -267,13 +267,25 @@ export class Db implements AsyncDisposable {
    *
    * @throws {SyntaxError} If the file is not a SQLite database.
    */
-  sync(_options: CallOptions = {}): Promise<void> {
+  async sync(_options: CallOptions = {}): Promise<void> {
+    if (await this.#syncLock.run(() => this.#sync())) {
+      // The WAL must be restarted (see #sync): after the snapshot or validation in flight.
+      await this.#checkpointLock.run(() => this.#syncLock.run(() => this.#syncForLockHolder()));
+    }
+  }
+
+  /** The monitor's sync: one that must restart the WAL during a snapshot leaves it to the next. */
+  #syncNow(): Promise<boolean> {
     return this.#syncLock.run(() => this.#sync());
   }
 
-  async #sync(): Promise<void> {
-    if (this.#closed) return;
-    if (!this.#checkpointer && !(await this.#init())) return;
+  /**
+   * @returns true if the WAL must be restarted but a snapshot or a validation is reading the
+   * database file (nothing was copied)
+   */
+  async #sync(): Promise<boolean> {
+    if (this.#closed) return false;
+    if (!this.#checkpointer && !(await this.#init())) return false;
     const t0 = performance.now();
     try {
       try {
@@ -282,7 +294,13 @@ export class Db implements AsyncDisposable {
         if (!(err instanceof WalChainError)) throw err;
         // The shadow WAL cannot follow this life to its end: let SQLite put every frame it
         // counts as committed into the database file, start the WAL over, and start a new
-        // generation, whose snapshot holds them all.
+        // generation, whose snapshot holds them all. No snapshot or validation may read the
+        // database file meanwhile: they hold the checkpoint lock while they do, and wait for
+        // a sync with it (see #syncForLockHolder); otherwise the next sync tries again.
+        if (!this.#lockHolderWaits && this.#checkpointLock.locked) {
+          this.#wake.notify();
+          return true;
+        }
         this.log.warn("wal cannot be followed, restarting it for a new generation", {
           error: err.message,
         });
@@ -294,20 +312,12 @@ export class Db implements AsyncDisposable {
             );
           }
         };
-        // No snapshot or validation may read the database file meanwhile: they hold the
-        // checkpoint lock while they do (and wait for this sync with it, see
-        // #syncForLockHolder); a sync that cannot take it fails, and the next one retries.
         if (this.#lockHolderWaits) await restart();
-        else if (!this.#checkpointLock.locked) await this.#checkpointLock.run(restart);
-        else {
-          throw new Error(
-            `Cannot restart the WAL of "${this.path}" while a snapshot is read; will retry`,
-            { cause: err },
-          );
-        }
+        else await this.#checkpointLock.run(restart);
         this.#forceNewGeneration = "wal frames committed without valid checksums";
         await this.#syncOnce();
       }
+      return false;
     } catch (err) {
       this.metrics.syncErrorCount++;
       throw err;
@@ -360,7 +370,10 @@ export class Db implements AsyncDisposable {
         verdict.kind === "next" && !this.#continuous &&
         this.#copyEndedLife(decodeWalHeader(wal.bytes)) < 0
       ) {
-        verdict = { kind: "new", reason: "wal restarted while stopped, over its last frames" };
+        verdict = {
+          kind: "new",
+          reason: "wal restarted while stopped, its last frames overwritten or unreadable",
+        };
       }
       if (verdict.kind === "new") {
         await this.#createGeneration(verdict.reason, wal.bytes);
@@ -741,7 +754,7 @@ export class Db implements AsyncDisposable {
       const lastStart = performance.now();
       this.#copiedFrames = false;
       try {
-        await this.sync();
+        await this.#syncNow();
         failures.succeeded();
       } catch (err) {
         if (signal.aborted) break;

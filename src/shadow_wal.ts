@@ -351,9 +351,12 @@ export class ShadowWal implements ShadowWalReader {
    * committed frames still in the WAL file past the shadow's end. The new life overwrites
    * the file from its start; if it has reached the end of the old frames we read (the frame
    * there carries its salts), earlier ones may have been overwritten before we read them,
-   * and nothing is appended.
+   * and nothing is appended. Nor is anything if the frame there has zero salts: SQLite writes
+   * frames so until their transaction commits, and SQLite 3.40 sometimes commits them so
+   * (see WalChainError); the old life's wal-index is gone, so whether more was committed
+   * after it cannot be known.
    *
-   * @returns the bytes appended, or -1 if the new life reached them
+   * @returns the bytes appended, or -1 if the new life reached them or the end is unknown
    */
   appendEndedLife(walPath: string, scratch: Scratch, next: WalHeader): number {
     const sh = this.#state!;
@@ -364,6 +367,7 @@ export class ShadowWal implements ShadowWalReader {
     if (after.length === WAL_FRAME_HEADER_SIZE) {
       const f = decodeWalFrameHeader(after);
       if (f.salt1 === next.salt1 && f.salt2 === next.salt2) return -1;
+      if (f.salt1 === 0 && f.salt2 === 0) return -1;
     }
     // No read transaction of ours holds this life: frames read again for the copy (those the
     // scan's buffer no longer holds) are checked again, as the new life may be overwriting
