@@ -17,7 +17,9 @@
  * 9. restores with CPU and peak RSS: a WAL-heavy replica, a snapshot-heavy one, and from S3
  *    (restore_wal.ts);
  * 10. 200 and 1000 databases in one daemon: CPU and peak RSS for start + 3 commits each, then
- *    CPU over 20 idle seconds (many_dbs.ts).
+ *    CPU over 20 idle seconds (many_dbs.ts);
+ * 11. an application SQLite (3.40) that commits WAL frames without checksums: does each tool's
+ *    restore equal the source (rollback.ts).
  *
  * Timings are printed, never asserted.
  *
@@ -50,6 +52,7 @@ import { runS3Workload, s3Unavailable } from "./s3.ts";
 import { runRestoreWalWorkload } from "./restore_wal.ts";
 import { bigTxnRows, measureFloor, runBigTxnWorkload } from "./big_txn.ts";
 import { manyDbsRows, runManyDbsWorkload } from "./many_dbs.ts";
+import { runRollbackWorkload } from "./rollback.ts";
 import {
   freePort,
   lockDelta,
@@ -104,7 +107,7 @@ interface Settings {
   keep: boolean;
 }
 
-const USAGE = `Usage: deno task bench [--quick] [--only=1,2,3,4,5,6,7,8,9,10] [--keep]
+const USAGE = `Usage: deno task bench [--quick] [--only=1,2,3,4,5,6,7,8,9,10,11] [--keep]
 
   --quick   32 MiB database, fewer commits, 10 s S3 windows: a fast check
   --only    run only these workloads (3 and 4 run together; 5 comes with 1 and 4)
@@ -113,13 +116,13 @@ const USAGE = `Usage: deno task bench [--quick] [--only=1,2,3,4,5,6,7,8,9,10] [-
 
 function parseSettings(args: string[]): Settings {
   let quick = false, keep = false;
-  let only = new Set([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+  let only = new Set([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
   for (const a of args) {
     if (a === "--quick") quick = true;
     else if (a === "--keep") keep = true;
     else if (a.startsWith("--only=")) {
       only = new Set(a.slice(7).split(",").map((x) => Number(x.trim())));
-      if ([...only].some((n) => !(n >= 1 && n <= 10))) throw new RangeError(`Bad ${a}\n${USAGE}`);
+      if ([...only].some((n) => !(n >= 1 && n <= 11))) throw new RangeError(`Bad ${a}\n${USAGE}`);
     } else if (a === "--help" || a === "-h") {
       print(USAGE);
       Deno.exit(0);
@@ -732,6 +735,14 @@ async function manyDbsWorkload(ctx: Ctx): Promise<void> {
   }
 }
 
+/** Workload 11: an application SQLite that commits frames without checksums (rollback.ts). */
+async function rollbackWorkload(ctx: Ctx): Promise<void> {
+  const runs = ctx.settings.quick ? 1 : 3;
+  const out = await runRollbackWorkload(ctx.tools, { dir: ctx.tmp, runs });
+  for (const x of out.rows) ctx.report.num(x.metric, x.ours, x.theirs, x.digits);
+  ctx.report.notes.push(...out.notes);
+}
+
 async function main(args: string[]): Promise<number> {
   const settings = parseSettings(args);
   const started = performance.now();
@@ -781,6 +792,7 @@ async function main(args: string[]): Promise<number> {
       [[8], "large transactions", bigTxnWorkload],
       [[9], "restores", restoreWalWorkload],
       [[10], "many databases", manyDbsWorkload],
+      [[11], "unchecksummed commits", rollbackWorkload],
     ];
     for (const [nums, name, fn] of workloads) {
       if (!nums.some((x) => settings.only.has(x))) continue;
