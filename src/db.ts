@@ -297,13 +297,10 @@ export class Db implements AsyncDisposable {
         // generation, whose snapshot holds them all. No snapshot or validation may read the
         // database file meanwhile: they hold the checkpoint lock while they do, and wait for
         // a sync with it (see #syncForLockHolder); otherwise the next sync tries again.
-        if (!this.#lockHolderWaits && this.#checkpointLock.locked) {
-          this.#wake.notify();
-          return true;
-        }
-        this.log.warn("wal cannot be followed, restarting it for a new generation", {
-          error: err.message,
-        });
+        const warn = () =>
+          this.log.warn("wal cannot be followed, restarting it for a new generation", {
+            error: err.message,
+          });
         const restart = async () => {
           if (!(await this.#checkpointer!.restartWal())) {
             throw new Error(
@@ -312,8 +309,13 @@ export class Db implements AsyncDisposable {
             );
           }
         };
-        if (this.#lockHolderWaits) await restart();
-        else await this.#checkpointLock.run(restart);
+        if (this.#lockHolderWaits) {
+          warn();
+          await restart();
+        } else if (!(await this.#checkpointLock.tryRun(() => (warn(), restart()))).ran) {
+          this.#wake.notify();
+          return true;
+        }
         this.#forceNewGeneration = "wal frames committed without valid checksums";
         await this.#syncOnce();
       }
@@ -386,9 +388,11 @@ export class Db implements AsyncDisposable {
         if (this.#copy(dataVersion) > 0) changed = true;
       }
       const mode = this.#schedule.due(this.#shadowPoint(), wal.size);
-      if (mode && !this.#checkpointLock.locked) {
-        const out = await this.#checkpointLock.run(() => this.#checkpoint(mode));
-        if (out.copied > 0) changed = true;
+      // Never waits for the checkpoint lock while holding the sync lock: its holder (a
+      // snapshot, say) may be waiting for the sync lock.
+      if (mode) {
+        const out = await this.#checkpointLock.tryRun(() => this.#checkpoint(mode));
+        if (out.ran && out.value.copied > 0) changed = true;
       }
       if (changed) await shadow.flush();
       // A restart during this first sync could have cut the copy short: only a sync that

@@ -67,6 +67,7 @@ export class Wakeup {
 export class Mutex {
   #tail: Promise<void> = Promise.resolve();
   #locked = false;
+  #holders = 0; // the one running and those waiting
 
   get locked(): boolean {
     return this.#locked;
@@ -78,13 +79,25 @@ export class Mutex {
     const next = new Promise<void>((r) => (release = r));
     const prev = this.#tail;
     this.#tail = prev.then(() => next);
-    await prev;
-    this.#locked = true;
+    this.#holders++;
     try {
+      await prev;
+      this.#locked = true;
       return await fn();
     } finally {
       this.#locked = false;
+      this.#holders--;
       release();
     }
+  }
+
+  /**
+   * Runs `fn` only if nobody holds the mutex or waits for it (a waiter may be about to run
+   * while `locked` is still false): for a holder of another lock, which must not wait here
+   * for someone who may be waiting for that other lock.
+   */
+  async tryRun<T>(fn: () => T | Promise<T>): Promise<{ ran: true; value: T } | { ran: false }> {
+    if (this.#holders > 0) return { ran: false };
+    return { ran: true, value: await this.run(fn) };
   }
 }
