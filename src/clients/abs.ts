@@ -721,7 +721,7 @@ export class AbsReplicaClient implements ReplicaClient {
           await authorization(this.accountName, key, req.method, url, headers, length),
         );
         timer.start();
-        const res = await fetch(url, {
+        const res = await timer.race(fetch(url, {
           method: req.method,
           headers,
           // Never a SharedArrayBuffer view: our blocks, or the caller's bytes.
@@ -729,7 +729,7 @@ export class AbsReplicaClient implements ReplicaClient {
             ? (req.body ?? new Uint8Array()) as Uint8Array<ArrayBuffer>
             : undefined,
           signal: combined,
-        });
+        }));
         if (!res.ok) {
           const text = await res.text().catch(() => "");
           const code = res.headers.get("x-ms-error-code") ?? xmlElement(text, "Code") ?? "";

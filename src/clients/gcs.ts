@@ -621,14 +621,14 @@ export class GcsReplicaClient implements ReplicaClient {
     let res: Response;
     try {
       idle.start();
-      res = await fetch(req.url, {
+      res = await idle.race(fetch(req.url, {
         method: req.method,
         headers,
         body: req.body as BodyInit | undefined,
         signal: combined,
         // A resumable upload's "308 Resume Incomplete" is not a redirect.
         redirect: "manual",
-      });
+      }));
       if (res.status >= 400) throw await httpError(res);
     } catch (err) {
       throw idle.fired ?? err;

@@ -92,13 +92,13 @@ export class FetchHandler {
     let res: Response;
     idle.start();
     try {
-      res = await fetch(requestUrl(request), {
+      res = await idle.race(fetch(requestUrl(request), {
         method: request.method,
         headers,
         body: request.body as BodyInit | undefined,
         signal,
         redirect: "manual",
-      });
+      }));
     } catch (err) {
       if (caller?.aborted) throw err;
       throw idle.fired ?? networkError(err, request);

@@ -53,8 +53,32 @@ export class IdleTimer {
   }
 
   /**
+   * `p`, or a rejection with the timeout as soon as it fires (for a `fetch` or a read that
+   * the abort of {@linkcode signal} may not reach). A `Response` that arrives after that has
+   * its body cancelled.
+   */
+  race<T>(p: Promise<T>): Promise<T> {
+    const signal = this.#controller.signal;
+    let onAbort!: () => void;
+    const fired = new Promise<never>((_, reject) => {
+      onAbort = () => {
+        reject(signal.reason);
+        p.then((late) => {
+          if (late instanceof Response) late.body?.cancel().catch(() => {});
+        }, () => {});
+      };
+      if (signal.aborted) onAbort();
+      else signal.addEventListener("abort", onAbort, { once: true });
+    });
+    return Promise.race([p, fired]).finally(() => signal.removeEventListener("abort", onAbort));
+  }
+
+  /**
    * Passes `body` through, the countdown running during each read only. A read that fails
-   * fails the stream with the timeout if it fired, else with `mapError(err)`.
+   * fails the stream with the timeout if it fired, else with `mapError(err)`. A read still
+   * pending when the timeout fires fails at once: the abort reaches a `fetch` body through
+   * the request's signal, but not always (a CI run waited forever on such a read, with no
+   * timer left to wake it), so the read is raced against the timer as well.
    */
   guard(
     body: ReadableStream<Uint8Array>,
@@ -65,10 +89,11 @@ export class IdleTimer {
       pull: async (controller) => {
         this.start();
         try {
-          const { done, value } = await reader.read();
+          const { done, value } = await this.race(reader.read());
           if (done) controller.close();
           else controller.enqueue(value);
         } catch (err) {
+          if (this.fired) reader.cancel(this.fired).catch(() => {});
           controller.error(this.fired ?? mapError(err));
         } finally {
           this.stop();
