@@ -9,7 +9,12 @@ import {
   waitFor,
   Writer,
 } from "./_helpers.ts";
-import { calcWalSize, decodeWalHeader, decodeWalIndexHeader, WAL_HEADER_SIZE } from "../src/wal.ts";
+import { calcWalSize, decodeWalHeader, WAL_HEADER_SIZE } from "../src/wal.ts";
+import {
+  hasUnchecksummedCommittedFrame,
+  ROLLBACK_LOAD_SCHEMA,
+  RollbackLoad,
+} from "./_rollback_load.ts";
 
 async function fileBytes(path: string, start: number, end: number): Promise<Uint8Array> {
   const all = await Deno.readFile(path);
@@ -128,54 +133,19 @@ Deno.test("Db's monitor copies a commit that lands inside a rolled-back tail it 
   assert.equal(await restoredDump(fx.client, `${dir.path}/r.db`), await dump(fx.path));
 });
 
-/**
- * True if the WAL holds a frame that SQLite counts as committed (below the wal-index's
- * mxFrame) whose salts are zero: SQLite 3.40 leaves such frames, without checksums, after a
- * ROLLBACK TO in a transaction that spilled into the WAL.
- */
-async function hasUnchecksummedCommittedFrame(db: string): Promise<boolean> {
-  const index = decodeWalIndexHeader(await fileBytes(`${db}-shm`, 0, 96));
-  if (!index) return false;
-  const wal = await Deno.readFile(`${db}-wal`);
-  const fs = 24 + decodeWalHeader(wal).pageSize;
-  for (let i = 0; i < index.mxFrame; i++) {
-    const salts = wal.subarray(WAL_HEADER_SIZE + i * fs + 8, WAL_HEADER_SIZE + i * fs + 16);
-    if (salts.length === 8 && salts.every((b) => b === 0)) return true;
-  }
-  return false;
-}
-
 Deno.test("Db starts a new generation when SQLite commits WAL frames without checksums (ROLLBACK TO after a spill), and restores equal", async () => {
   await using dir = await tempDir();
   await using fx = await openTestDb(dir.path);
   await using w = new Writer(fx.path);
   await w.exec("PRAGMA busy_timeout = 5000");
   await w.exec("PRAGMA cache_size = 16");
-  await w.exec(
-    "CREATE TABLE log (w INTEGER NOT NULL, seq INTEGER NOT NULL, v TEXT NOT NULL, PRIMARY KEY (w, seq))",
-  );
+  await w.exec(ROLLBACK_LOAD_SCHEMA);
   await fx.sync();
   const gen = fx.db.generation;
-  // The torture's pattern: mostly small commits, sometimes a transaction that inserts, sets
-  // a savepoint, spills ~200 KiB of rows into the WAL and rolls back to the savepoint.
-  let seed = 1;
-  const rnd = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
-  let seq = 0, defect = false;
+  const load = new RollbackLoad(w);
+  let defect = false;
   for (let i = 0; i < 3000 && !defect; i++) {
-    const n = rnd() < 0.1 ? 2 + Math.floor(rnd() * 59) : 1;
-    const insert = `INSERT INTO log SELECT 1, x, printf('%.*c', 50 + ((x * 104729) % 700), 'a')` +
-      ` FROM (WITH RECURSIVE c(x) AS (SELECT ${seq + 1} UNION ALL SELECT x + 1 FROM c` +
-      ` WHERE x < ${seq + n}) SELECT x FROM c);`;
-    const ghost = `INSERT INTO log SELECT 101, x, hex(randomblob(1000)) FROM (WITH RECURSIVE` +
-      ` c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ${
-        20 + Math.floor(rnd() * 181)
-      }) SELECT x FROM c);`;
-    await w.exec(
-      rnd() < 0.06
-        ? `BEGIN; ${insert} SAVEPOINT s; ${ghost} ROLLBACK TO s; RELEASE s; COMMIT`
-        : insert,
-    );
-    seq += n;
+    await load.commit();
     defect = await hasUnchecksummedCommittedFrame(fx.path);
     await fx.sync();
   }

@@ -25,7 +25,11 @@ import { waitReady } from "./tools.ts";
 import { fileReplica, writeReplicateConfig } from "./config.ts";
 import { print, progress, sleep, type TableRow } from "./util.ts";
 import { Writer } from "../../tests/_helpers.ts";
-import { decodeWalHeader, decodeWalIndexHeader, WAL_HEADER_SIZE } from "../../src/wal.ts";
+import {
+  hasUnchecksummedCommittedFrame,
+  ROLLBACK_LOAD_SCHEMA,
+  RollbackLoad,
+} from "../../tests/_rollback_load.ts";
 
 /** What one run of one tool ended with. */
 export interface RollbackRun {
@@ -52,36 +56,21 @@ async function runOnce(
     cmd: "sqlite3",
     args: [
       db,
-      "PRAGMA journal_mode=wal; CREATE TABLE log (w INTEGER NOT NULL, seq INTEGER NOT NULL," +
-      " v TEXT NOT NULL, PRIMARY KEY (w, seq));",
+      `PRAGMA journal_mode=wal; ${ROLLBACK_LOAD_SCHEMA}`,
     ],
   });
   await writeReplicateConfig(config, { db, replica: fileReplica(replica) });
   const rep = new Replicator(tools, tool, ["-config", config], `${dir}/replicate.log`);
   await using w = new Writer(db);
-  let seq = 0, commits = 0, after = -1, commitsToDefect = 0;
+  let commits = 0, after = -1, commitsToDefect = 0;
   try {
     await waitReady(rep, replica);
     await w.exec("PRAGMA busy_timeout = 5000");
     await w.exec("PRAGMA wal_autocheckpoint = 0");
     await w.exec("PRAGMA cache_size = 16");
-    let s = seed;
-    const rnd = () => (s = (s * 1103515245 + 12345) % 2147483648) / 2147483648;
+    const load = new RollbackLoad(w, seed);
     while (after !== 0 && commits < 20_000) {
-      const n = rnd() < 0.1 ? 2 + Math.floor(rnd() * 59) : 1;
-      const insert = `INSERT INTO log SELECT 1, x, printf('%.*c', 50 + ((x * 104729) % 700), 'a')` +
-        ` FROM (WITH RECURSIVE c(x) AS (SELECT ${seq + 1} UNION ALL SELECT x + 1 FROM c` +
-        ` WHERE x < ${seq + n}) SELECT x FROM c);`;
-      const ghost = `INSERT INTO log SELECT 101, x, hex(randomblob(1000)) FROM (WITH RECURSIVE` +
-        ` c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ${
-          20 + Math.floor(rnd() * 181)
-        }) SELECT x FROM c);`;
-      await w.exec(
-        rnd() < 0.06
-          ? `BEGIN; ${insert} SAVEPOINT s; ${ghost} ROLLBACK TO s; RELEASE s; COMMIT`
-          : insert,
-      );
-      seq += n;
+      await load.commit();
       commits++;
       if (after > 0) after--;
       else if (after < 0 && await hasUnchecksummedCommittedFrame(db)) {
@@ -118,26 +107,6 @@ async function sqlite(db: string, sql: string): Promise<string> {
     .output();
   if (o.code !== 0) throw new Error(new TextDecoder().decode(o.stderr).trim());
   return new TextDecoder().decode(o.stdout).trim();
-}
-
-/** True if a frame SQLite counts as committed (below the wal-index's mxFrame) has zero salts. */
-async function hasUnchecksummedCommittedFrame(db: string): Promise<boolean> {
-  let shm: Uint8Array, wal: Uint8Array;
-  try {
-    shm = await Deno.readFile(`${db}-shm`);
-    wal = await Deno.readFile(`${db}-wal`);
-  } catch {
-    return false;
-  }
-  const index = decodeWalIndexHeader(shm.subarray(0, 96));
-  if (!index || wal.length < WAL_HEADER_SIZE) return false;
-  const fs = 24 + decodeWalHeader(wal).pageSize;
-  for (let i = 0; i < index.mxFrame; i++) {
-    const at = WAL_HEADER_SIZE + i * fs;
-    const salts = wal.subarray(at + 8, at + 16);
-    if (salts.length === 8 && salts.every((b) => b === 0)) return true;
-  }
-  return false;
 }
 
 /** Runs `runs` rounds of both tools and returns the table rows and notes. */
