@@ -341,78 +341,76 @@ export class Db implements AsyncDisposable {
 
   async #syncOnce(): Promise<void> {
     const shadow = this.#shadow;
-    {
-      let changed = false;
-      this.#ensureWalExists();
-      // Read before the WAL: a commit after this changes it (see ShadowWal.append).
-      const dataVersion = this.#fullScanDue ? undefined : this.#checkpointer!.dataVersion();
-      this.#fullScanDue = false;
-      const before = this.#walSeen;
-      this.#walSeen = undefined;
-      const seenAt = Date.now();
-      let wal = this.#readWalHeader();
-      const seen = wal.info;
-      if (!before || !sameStat(before, seen)) this.#walChangedAt = performance.now();
-      let verdict: Verdict = this.#forceNewGeneration
-        ? { kind: "new", reason: this.#forceNewGeneration }
-        : this.#verify(wal.bytes, wal.size);
-      // SQLite writes a restarted WAL's header before its first frame: if the header changed
-      // while we checked, the tail we saw overwritten is the restart's, so check again
-      // against the new header rather than start a needless generation.
-      for (let i = 0; i < 3 && verdict.kind === "new" && !this.#forceNewGeneration; i++) {
-        const again = this.#readWalHeader();
-        if (bytesEqual(again.bytes, wal.bytes)) break;
-        wal = again;
-        verdict = this.#verify(wal.bytes, wal.size);
-      }
-      this.#forceNewGeneration = undefined;
-      // Finish the old life from its intact tail (unless our read transaction already
-      // guaranteed it complete); if the new life overwrote part of it, start over.
-      if (
-        verdict.kind === "next" && !this.#continuous &&
-        this.#copyEndedLife(decodeWalHeader(wal.bytes)) < 0
-      ) {
-        verdict = {
-          kind: "new",
-          reason: "wal restarted while stopped, its last frames overwritten or unreadable",
-        };
-      }
-      if (verdict.kind === "new") {
-        await this.#createGeneration(verdict.reason, wal.bytes);
-        changed = true;
-      } else {
-        if (verdict.kind === "next") {
-          await shadow.startIndex(shadow.index! + 1, wal.bytes);
-          changed = true;
-        }
-        if (this.#copy(dataVersion) > 0) changed = true;
-      }
-      const mode = this.#schedule.due(this.#shadowPoint(), wal.size);
-      // Never waits for the checkpoint lock while holding the sync lock: its holder (a
-      // snapshot, say) may be waiting for the sync lock.
-      if (mode) {
-        const out = await this.#checkpointLock.tryRun(() => this.#checkpoint(mode));
-        if (out.ran && out.value.copied > 0) changed = true;
-      }
-      if (changed) await shadow.flush();
-      // A restart during this first sync could have cut the copy short: only a sync that
-      // saw the same header from start to end establishes the guarantee.
-      if (!this.#continuous) {
-        this.#continuous = bytesEqual(this.#readWalHeader().bytes, shadow.headerBytes!);
-      }
-      if (changed) {
-        for (const s of this.#subscribers) s.notify();
-        await this.#cleanShadow();
-      }
-      this.#walSeen = seen;
-      this.#walSeenAt = seenAt;
-      this.#copiedFrames = changed;
-      this.metrics.walSize = wal.size;
-      this.metrics.dbSize = this.#dbFile?.statSync().size ?? 0;
-      this.metrics.shadowWalIndex = shadow.index ?? 0;
-      this.metrics.shadowWalSize = shadow.totalBytes;
-      this.metrics.walScannedBytes = shadow.checksummedBytes;
+    let changed = false;
+    this.#ensureWalExists();
+    // Read before the WAL: a commit after this changes it (see ShadowWal.append).
+    const dataVersion = this.#fullScanDue ? undefined : this.#checkpointer!.dataVersion();
+    this.#fullScanDue = false;
+    const before = this.#walSeen;
+    this.#walSeen = undefined;
+    const seenAt = Date.now();
+    let wal = this.#readWalHeader();
+    const seen = wal.info;
+    if (!before || !sameStat(before, seen)) this.#walChangedAt = performance.now();
+    let verdict: Verdict = this.#forceNewGeneration
+      ? { kind: "new", reason: this.#forceNewGeneration }
+      : this.#verify(wal.bytes, wal.size);
+    // SQLite writes a restarted WAL's header before its first frame: if the header changed
+    // while we checked, the tail we saw overwritten is the restart's, so check again
+    // against the new header rather than start a needless generation.
+    for (let i = 0; i < 3 && verdict.kind === "new" && !this.#forceNewGeneration; i++) {
+      const again = this.#readWalHeader();
+      if (bytesEqual(again.bytes, wal.bytes)) break;
+      wal = again;
+      verdict = this.#verify(wal.bytes, wal.size);
     }
+    this.#forceNewGeneration = undefined;
+    // Finish the old life from its intact tail (unless our read transaction already
+    // guaranteed it complete); if the new life overwrote part of it, start over.
+    if (
+      verdict.kind === "next" && !this.#continuous &&
+      this.#copyEndedLife(decodeWalHeader(wal.bytes)) < 0
+    ) {
+      verdict = {
+        kind: "new",
+        reason: "wal restarted while stopped, its last frames overwritten or unreadable",
+      };
+    }
+    if (verdict.kind === "new") {
+      await this.#createGeneration(verdict.reason, wal.bytes);
+      changed = true;
+    } else {
+      if (verdict.kind === "next") {
+        await shadow.startIndex(shadow.index! + 1, wal.bytes);
+        changed = true;
+      }
+      if (this.#copy(dataVersion) > 0) changed = true;
+    }
+    const mode = this.#schedule.due(this.#shadowPoint(), wal.size);
+    // Never waits for the checkpoint lock while holding the sync lock: its holder (a
+    // snapshot, say) may be waiting for the sync lock.
+    if (mode) {
+      const out = await this.#checkpointLock.tryRun(() => this.#checkpoint(mode));
+      if (out.ran && out.value.copied > 0) changed = true;
+    }
+    if (changed) await shadow.flush();
+    // A restart during this first sync could have cut the copy short: only a sync that
+    // saw the same header from start to end establishes the guarantee.
+    if (!this.#continuous) {
+      this.#continuous = bytesEqual(this.#readWalHeader().bytes, shadow.headerBytes!);
+    }
+    if (changed) {
+      for (const s of this.#subscribers) s.notify();
+      await this.#cleanShadow();
+    }
+    this.#walSeen = seen;
+    this.#walSeenAt = seenAt;
+    this.#copiedFrames = changed;
+    this.metrics.walSize = wal.size;
+    this.metrics.dbSize = this.#dbFile?.statSync().size ?? 0;
+    this.metrics.shadowWalIndex = shadow.index ?? 0;
+    this.metrics.shadowWalSize = shadow.totalBytes;
+    this.metrics.walScannedBytes = shadow.checksummedBytes;
   }
 
   async #init(): Promise<boolean> {
