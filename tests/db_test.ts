@@ -432,7 +432,7 @@ Deno.test("Db polls an idle WAL with a stat only, yet runs a checkpoint that fal
   });
   const before = fx.db.pos()!.offset;
   await sqliteAsync(fx.path, "INSERT INTO t (v) VALUES ('one');");
-  await waitFor(() => fx.db.pos()!.offset > before, 5000, "the commit to be copied");
+  await waitFor(() => fx.db.pos()!.offset > before, 15_000, "the commit to be copied");
   const syncs = fx.db.metrics.syncCount, t0 = performance.now();
   // The checkpoint-interval checkpoint can only be noticed by a poll of the unchanged WAL,
   // which happens every 50 ms until then (~30 polls): polls that synced would show here.

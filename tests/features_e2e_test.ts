@@ -242,8 +242,8 @@ Deno.test("retention with retention-check-interval deletes old generations, snap
       );
       // Each is logged just after its files went.
       const logged = new RegExp(`msg="generation deleted".* generation=${gen1}`);
-      await waitFor(() => logged.test(second.log), 5_000, "the deletion logged");
-      await waitFor(() => /msg="wal segments deleted"/.test(second.log), 5_000, "logged");
+      await waitFor(() => logged.test(second.log), 15_000, "the deletion logged");
+      await waitFor(() => /msg="wal segments deleted"/.test(second.log), 15_000, "logged");
     });
   } finally {
     await second.stopCleanly();
