@@ -157,7 +157,6 @@ export class Checkpointer {
   readonly #metrics: DbMetrics;
   readonly #busyTimeoutMs: number;
   #cur = 0;
-  #writes = 0; // our own commits, which the checkpoint connection's data_version leaves out
 
   constructor(connections: CheckpointConnections, metrics: DbMetrics, busyTimeoutMs: number) {
     this.#c = connections;
@@ -356,25 +355,9 @@ export class Checkpointer {
   write(sql: string): void {
     const t0 = performance.now();
     try {
-      this.#writes++;
       this.#c.ckpt.run(sql);
     } finally {
       this.#recordHold(performance.now() - t0);
-    }
-  }
-
-  /**
-   * A token that changes with every commit to the database: SQLite's `PRAGMA data_version`
-   * on the checkpoint connection (which counts the other connections' commits, and which
-   * holds no read transaction that would freeze it), with that connection's own writes.
-   * Undefined if SQLite could not read it (busy in a WAL recovery, say).
-   */
-  dataVersion(): string | undefined {
-    try {
-      const row = this.#c.ckpt.get<{ data_version: number }>("PRAGMA data_version");
-      return row ? `${row.data_version}/${this.#writes}` : undefined;
-    } catch {
-      return undefined;
     }
   }
 

@@ -28,9 +28,7 @@ import {
   isValidWalHeader,
   WAL_HEADER_SIZE,
   WAL_INDEX_HEADER_SIZE,
-  walFrameSize,
   type WalHeader,
-  type WalIndexHeader,
 } from "./wal.ts";
 import { defaultMetaPath } from "./layout.ts";
 import { formatPos, MAX_INDEX, type Pos } from "./pos.ts";
@@ -69,9 +67,9 @@ const WAL_MTIME_SETTLED_MS = 1_000;
 const WAL_STAT_TRUST_MS = 60_000;
 /**
  * While a transaction's frames sit uncommitted in the WAL (ShadowWal's `Tail`), how often the
- * monitor polls the database's data version, and how long after the WAL's last change it
- * does so before it scans the WAL whole once (a commit's wal-index update follows its frames
- * by the WAL's fsync).
+ * monitor polls SQLite's count of committed frames, and how long after the WAL's last change
+ * it does so before it scans the WAL whole once (a commit's wal-index update follows its
+ * frames by the WAL's fsync).
  */
 const TAIL_POLL_MS = 20;
 const TAIL_QUIET_MS = 2_000;
@@ -343,8 +341,7 @@ export class Db implements AsyncDisposable {
     const shadow = this.#shadow;
     let changed = false;
     this.#ensureWalExists();
-    // Read before the WAL: a commit after this changes it (see ShadowWal.append).
-    const dataVersion = this.#fullScanDue ? undefined : this.#checkpointer!.dataVersion();
+    const fullScan = this.#fullScanDue;
     this.#fullScanDue = false;
     const before = this.#walSeen;
     this.#walSeen = undefined;
@@ -384,7 +381,7 @@ export class Db implements AsyncDisposable {
         await shadow.startIndex(shadow.index! + 1, wal.bytes);
         changed = true;
       }
-      if (this.#copy(dataVersion) > 0) changed = true;
+      if (this.#copy(fullScan) > 0) changed = true;
     }
     const mode = this.#schedule.due(this.#shadowPoint(), wal.size);
     // Never waits for the checkpoint lock while holding the sync lock: its holder (a
@@ -572,17 +569,22 @@ export class Db implements AsyncDisposable {
 
   /**
    * Appends the committed frames of the current WAL life that the shadow lacks (no fsync:
-   * see ShadowWal.append), resuming the scan of an uncommitted tail while `dataVersion` is
-   * the one it was found with. Returns the bytes appended, or -1 if the WAL restarted.
+   * see ShadowWal.append), resuming the scan of an uncommitted tail unless `fullScan`.
+   * Returns the bytes appended, or -1 if the WAL restarted.
    */
-  #copy(dataVersion?: string): number {
-    const index = this.#readWalIndex(); // before the WAL: its frames are all there
-    const n = this.#shadow.append(this.walPath, this.#scratch, dataVersion);
+  #copy(fullScan = false): number {
+    // SQLite's count of committed frames, read before the WAL: its frames are all there.
+    const committed = this.#committedFrames();
+    const n = this.#shadow.append(
+      this.walPath,
+      this.#scratch,
+      fullScan ? undefined : committed,
+    );
     if (n < 0) {
       this.#wake.notify(); // the next sync follows the restarted WAL
       return n;
     }
-    this.#checkCommitted(index);
+    this.#checkCommitted(committed);
     if (n > 0) {
       this.metrics.totalWalBytes += n;
       if (this.log.enabled("debug")) {
@@ -593,34 +595,32 @@ export class Db implements AsyncDisposable {
   }
 
   /**
-   * SQLite's wal-index header, or undefined if it cannot be read consistently (no `-shm`
-   * file: the application uses `locking_mode=EXCLUSIVE`; or it was being written).
+   * Frames of the shadow's WAL life that SQLite counts as committed (its wal-index header's
+   * mxFrame), or undefined if that cannot be read consistently (no `-shm` file: the
+   * application uses `locking_mode=EXCLUSIVE`; or it was being written) or belongs to
+   * another life (the WAL restarted).
    */
-  #readWalIndex(): WalIndexHeader | undefined {
-    const f = this.#shmFile;
-    if (!f) return undefined;
+  #committedFrames(): number | undefined {
+    const f = this.#shmFile, header = this.#shadow.headerBytes;
+    if (!f || !header) return undefined;
     for (let i = 0; i < 3; i++) {
       const h = decodeWalIndexHeader(readAtSync(f, 0, 2 * WAL_INDEX_HEADER_SIZE));
-      if (h) return h;
+      if (h) return bytesEqual(h.salt, header.subarray(16, 24)) ? h.mxFrame : undefined;
     }
     return undefined;
   }
 
   /**
    * Throws WalChainError if SQLite counted more frames of the shadow's WAL life as committed
-   * (`index`, read before the copy) than the copy found valid: the frames past it fail their
+   * (read before the copy) than the copy found valid: the frames past it fail their
    * checksums, yet our read mark may already stand past them, and a checkpoint would then put
    * pages into the database file that no WAL segment of ours holds.
    */
-  #checkCommitted(index: WalIndexHeader | undefined): void {
-    const sh = this.#shadow;
-    if (!index || !sh.headerBytes || !bytesEqual(index.salt, sh.headerBytes.subarray(16, 24))) {
-      return; // not the life we copy (the WAL restarted meanwhile)
-    }
-    const frames = (sh.size - WAL_HEADER_SIZE) / walFrameSize(sh.header!.pageSize);
-    if (index.mxFrame > frames) {
+  #checkCommitted(committed: number | undefined): void {
+    const frames = this.#shadow.frames;
+    if (committed !== undefined && committed > frames) {
       throw new WalChainError(
-        `WAL of "${this.path}": SQLite counts ${index.mxFrame} frames committed, but frame ` +
+        `WAL of "${this.path}": SQLite counts ${committed} frames committed, but frame ` +
           `${frames + 1} fails its checksum`,
       );
     }
@@ -750,7 +750,7 @@ export class Db implements AsyncDisposable {
       // While a transaction spills into the WAL, every write would end a watch at once (and
       // closing one waits for Deno's watcher thread: 0.3 s per 256 MiB transaction); the
       // polls of a pending tail (below) notice its commit instead.
-      if (this.watch && !burst && this.#shadow.tailDataVersion === undefined) {
+      if (this.watch && !burst && this.#shadow.tailCommitted === undefined) {
         this.#watcher.arm(signal);
       }
       const lastStart = performance.now();
@@ -768,7 +768,7 @@ export class Db implements AsyncDisposable {
       // no reads. Polls fall on shared ticks, so the event loop wakes once per interval for
       // all databases rather than once for each.
       while (!burst) {
-        const tail = this.#shadow.tailDataVersion;
+        const tail = this.#shadow.tailCommitted;
         const ms = tail === undefined
           ? untilNextTick(this.monitorIntervalMs)
           : Math.min(TAIL_POLL_MS, this.monitorIntervalMs);
@@ -789,16 +789,16 @@ export class Db implements AsyncDisposable {
   }
 
   /**
-   * True if a transaction whose uncommitted frames the last sync saw may have committed
-   * where a resumed scan would not look: the data version moved from `tail`, or the WAL has
-   * been quiet for TAIL_QUIET_MS (the next sync then scans it whole).
+   * True if a transaction whose uncommitted frames the last sync saw may have committed:
+   * SQLite's count of committed frames moved from `tail`'s, or the WAL has been quiet for
+   * TAIL_QUIET_MS (the next sync then scans it whole).
    */
-  #tailMayHaveCommitted(tail: string): boolean {
+  #tailMayHaveCommitted(tail: number): boolean {
     if (performance.now() - this.#walChangedAt >= TAIL_QUIET_MS) {
       this.#fullScanDue = true;
       return true;
     }
-    return this.#checkpointer?.dataVersion() !== tail;
+    return this.#committedFrames() !== tail;
   }
 
   /**

@@ -93,18 +93,18 @@ interface State {
  *
  * A resumed scan finds a commit written after the tail; it cannot see one written inside it
  * (the transaction rolled back, wholly or to a savepoint, and a shorter one committed over
- * its frames). Every commit changes SQLite's `PRAGMA data_version`, so a tail is resumed
- * only while that is the value read before the scan that found it; the caller polls it while
- * a tail is pending (a commit's frames precede its wal-index update) and scans whole once
- * the WAL has been quiet for a while.
+ * its frames). So a tail is resumed only while SQLite's count of committed frames (its
+ * wal-index header's mxFrame, read by the caller before the WAL) ends at none of the tail's
+ * frames. A commit's frames precede its wal-index update: the caller polls that count while a
+ * tail is pending and scans whole once the WAL has been quiet for a while.
  */
 interface Tail {
   /** End of the valid frames scanned (a frame boundary past the state's `size`). */
   at: number;
   /** Running checksum there. */
   checksum: [number, number];
-  /** The database's data version (see Checkpointer.dataVersion) read before the scan. */
-  dataVersion: string;
+  /** SQLite's count of committed frames read before the scan that found the tail. */
+  committed: number;
 }
 
 /** The shadow WAL of one database. Not safe for concurrent writers: `Db` serialises them. */
@@ -130,6 +130,12 @@ export class ShadowWal implements ShadowWalReader {
   /** Bytes of WAL frames checksummed so far by scans and copies (what resuming a tail saves). */
   get checksummedBytes(): number {
     return this.#checksummed;
+  }
+
+  /** Frames in the current file. */
+  get frames(): number {
+    const sh = this.#state;
+    return sh ? (sh.size - WAL_HEADER_SIZE) / walFrameSize(sh.header.pageSize) : 0;
   }
 
   /** Index of the current file (WAL life). */
@@ -283,7 +289,7 @@ export class ShadowWal implements ShadowWalReader {
    * @returns the number of bytes appended, or -1 if the WAL file no longer holds the life
    * the current file copies (its header changed: the WAL was restarted or truncated)
    */
-  append(walPath: string, scratch: Scratch, dataVersion?: string): number {
+  append(walPath: string, scratch: Scratch, committed?: number): number {
     const sh = this.#state!;
     using wal = Deno.openSync(walPath, { read: true });
     scratch.reset();
@@ -292,26 +298,36 @@ export class ShadowWal implements ShadowWalReader {
     const walSize = wal.statSync().size;
     const tail = sh.tail;
     sh.tail = undefined;
-    if (tail && dataVersion !== undefined && tail.dataVersion === dataVersion) {
-      const n = this.#appendResumed(wal, walSize, tail, scratch);
-      if (n >= 0) return n;
-      // The tail changed under us (its checksums were rewritten at its commit): scan it whole.
+    if (committed !== undefined && tail) {
+      // The last commit ends before the tail (nothing new committed) or past it.
+      const end = WAL_HEADER_SIZE + committed * walFrameSize(sh.header.pageSize);
+      if (end <= sh.size || end >= tail.at) {
+        const n = this.#appendResumed(wal, walSize, tail, scratch, committed);
+        if (n >= 0) return n;
+        // The tail changed under us (its checksums were rewritten at its commit).
+      }
     }
     const scan = scanFile(wal, sh.size, walSize, sh.header, sh.checksum, scratch);
     this.#checksummed += scan.validTo - sh.size;
     const n = this.#appendScanned(wal, scan);
-    if (dataVersion !== undefined && scan.validTo > scan.end) {
-      sh.tail = { at: scan.validTo, checksum: scan.validChecksum, dataVersion };
-    }
+    this.#keepTail(scan, committed);
     return n;
   }
 
+  /** Remembers the valid frames `scan` found past its last commit (see {@linkcode Tail}). */
+  #keepTail(scan: Scan, committed: number | undefined): void {
+    const sh = this.#state!;
+    if (committed !== undefined && scan.validTo > sh.size) {
+      sh.tail = { at: scan.validTo, checksum: scan.validChecksum, committed };
+    }
+  }
+
   /**
-   * While the last scan left frames that are valid but not committed yet, the data version
-   * it was found with (see {@linkcode Tail}).
+   * While the last scan left frames that are valid but not committed yet, SQLite's count of
+   * committed frames it was found with (see {@linkcode Tail}).
    */
-  get tailDataVersion(): string | undefined {
-    return this.#state?.tail?.dataVersion;
+  get tailCommitted(): number | undefined {
+    return this.#state?.tail?.committed;
   }
 
   /**
@@ -320,7 +336,13 @@ export class ShadowWal implements ShadowWalReader {
    *
    * @returns the bytes appended, or -1 if the frames no longer continue the tail
    */
-  #appendResumed(wal: Deno.FsFile, walSize: number, tail: Tail, scratch: Scratch): number {
+  #appendResumed(
+    wal: Deno.FsFile,
+    walSize: number,
+    tail: Tail,
+    scratch: Scratch,
+    committed: number,
+  ): number {
     const sh = this.#state!;
     const fs = walFrameSize(sh.header.pageSize);
     const scan = scanFile(wal, tail.at, walSize, sh.header, tail.checksum, scratch);
@@ -332,16 +354,10 @@ export class ShadowWal implements ShadowWalReader {
     if (scan.end > tail.at) {
       const from = sh.size;
       const buf = scratch.take(Math.min(scanChunk(fs), scan.end - from));
-      n = this.#appendScanned(
-        wal,
-        { ...scan, buf, keptTo: from },
-        true,
-      );
+      n = this.#appendScanned(wal, { ...scan, buf, keptTo: from }, true);
       if (n < 0) return -1;
     }
-    if (scan.validTo > sh.size) {
-      sh.tail = { at: scan.validTo, checksum: scan.validChecksum, dataVersion: tail.dataVersion };
-    }
+    this.#keepTail(scan, committed);
     return n;
   }
 
