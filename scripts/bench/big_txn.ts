@@ -26,18 +26,7 @@ import {
 } from "./tools.ts";
 import { bigTxnSql, createDb } from "./sqlite.ts";
 import { fileReplica, writeReplicateConfig } from "./config.ts";
-import { newestSegmentsHold } from "./replica_watch.ts";
-import {
-  clkTck,
-  fmt,
-  median,
-  print,
-  procStats,
-  progress,
-  sleep,
-  type TableRow,
-  waitUntil,
-} from "./util.ts";
+import { clkTck, fmt, median, print, procStats, progress, sleep, type TableRow } from "./util.ts";
 
 /** One configuration of the workload. */
 export type BigTxnRun = "ours" | "ours-1s" | "v0.3.13";
@@ -94,15 +83,11 @@ async function runOne(tools: ToolSet, run: BigTxnRun, o: BigTxnOptions): Promise
       if (!w.success) throw new Error(`sqlite3 writer failed: ${w.stderr.trim()}`);
       const committed = performance.now();
       writerSeconds.push(w.ms / 1000);
-      await waitUntil(
-        async () => {
-          if (!rep.running) throw new Error(`${run} replicate exited:\n${rep.logTail()}`);
-          return await newestSegmentsHold(replica, k, 3);
-        },
-        `${run}'s replica to hold transaction ${k}`,
-        300_000,
-        20,
-      );
+      await rep.waitForMarker(replica, k, `${run}'s replica to hold transaction ${k}`, {
+        timeoutMs: 300_000,
+        newest: 3,
+        label: run,
+      });
       lagsMs.push(performance.now() - committed);
     }
     const s1 = await rep.stats();

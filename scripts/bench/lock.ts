@@ -30,7 +30,6 @@ import {
 } from "./tools.ts";
 import { createDb, insertRowSql } from "./sqlite.ts";
 import { fileReplica, writeReplicateConfig } from "./config.ts";
-import { newestSegmentsHold } from "./replica_watch.ts";
 import { progress, sleep, waitUntil } from "./util.ts";
 
 /** What our replicator reports about its holds of SQLite's write lock. */
@@ -328,15 +327,7 @@ async function runOne(
     });
     let settleError: string | undefined;
     try {
-      await waitUntil(
-        async () => {
-          if (!rep.running) throw new Error(`${tool} replicate exited:\n${rep.logTail()}`);
-          return await newestSegmentsHold(replica, SENTINEL);
-        },
-        `${tool}'s replica to hold the last row`,
-        120_000,
-        20,
-      );
+      await rep.waitForMarker(replica, SENTINEL, `${tool}'s replica to hold the last row`);
     } catch (err) {
       // Reported beside the figures: one tool stuck must not hide the other's results.
       settleError = err instanceof Error ? err.message.split("\n")[0] : String(err);

@@ -47,7 +47,7 @@ import {
   runInsertScript,
   Writer,
 } from "./sqlite.ts";
-import { listReplica, MarkerWatcher, newestSegmentsHold } from "./replica_watch.ts";
+import { listReplica, MarkerWatcher } from "./replica_watch.ts";
 import { runS3Workload, s3Unavailable } from "./s3.ts";
 import { runRestoreWalWorkload } from "./restore_wal.ts";
 import { bigTxnRows, measureFloor, runBigTxnWorkload } from "./big_txn.ts";
@@ -73,7 +73,6 @@ import {
   print,
   progress,
   sleep,
-  waitUntil,
 } from "./util.ts";
 
 /** What a run does; `--quick` shrinks everything. */
@@ -285,15 +284,7 @@ async function writerWorkload(ctx: Ctx): Promise<void> {
       const s0 = await rep.stats();
       const times = await runBatches(db);
       const tEnd = performance.now();
-      await waitUntil(
-        async () => {
-          if (!rep.running) throw new Error(`${tool} replicate exited:\n${rep.logTail()}`);
-          return await newestSegmentsHold(replica, last);
-        },
-        `${tool}'s replica to hold the last row`,
-        120_000,
-        20,
-      );
+      await rep.waitForMarker(replica, last, `${tool}'s replica to hold the last row`);
       const catchUpMs = performance.now() - tEnd;
       const s1 = await rep.stats();
       const lock1 = tool === "ours" ? await scrapeWriteLock(port) : undefined;

@@ -38,18 +38,7 @@ import {
 } from "./tools.ts";
 import { bigDb, bigTxnSql, createDb, runInsertScript } from "./sqlite.ts";
 import { fileReplica, s3Replica, writeReplicateConfig } from "./config.ts";
-import { newestSegmentsHold } from "./replica_watch.ts";
-import {
-  clkTck,
-  exists,
-  fmt,
-  median,
-  print,
-  progress,
-  sleep,
-  type TableRow,
-  waitUntil,
-} from "./util.ts";
+import { clkTck, exists, fmt, median, print, progress, sleep, type TableRow } from "./util.ts";
 import { FileReplicaClient } from "../../src/clients/file.ts";
 import { S3ReplicaClient, type S3ReplicaClientOptions } from "../../src/clients/s3.ts";
 import { collect } from "../../src/replica_client.ts";
@@ -165,15 +154,10 @@ async function buildWalHeavy(
       const m = o.commits + k;
       const w = await runTimed({ cmd: "sqlite3", args: [db] }, bigTxnSql(m, o.txnMb));
       if (!w.success) throw new Error(`sqlite3 writer failed: ${w.stderr.trim()}`);
-      await waitUntil(
-        async () => {
-          if (!rep.running) throw new Error(`${tool} replicate exited:\n${rep.logTail()}`);
-          return await newestSegmentsHold(replica, m, 3);
-        },
-        `${tool}'s replica to hold transaction ${k}`,
-        300_000,
-        20,
-      );
+      await rep.waitForMarker(replica, m, `${tool}'s replica to hold transaction ${k}`, {
+        timeoutMs: 300_000,
+        newest: 3,
+      });
     }
     await sleep(1500); // a last checkpoint's segment, if any
   } finally {

@@ -5,7 +5,7 @@
  * @module
  */
 import { litestreamBin } from "../../tests/_oracle.ts";
-import { listReplica } from "./replica_watch.ts";
+import { listReplica, newestSegmentsHold } from "./replica_watch.ts";
 import { type ProcStats, procStats, sleep, waitUntil } from "./util.ts";
 
 /** Which implementation a run uses. */
@@ -152,6 +152,29 @@ export class Replicator {
     } catch {
       return "(no log)";
     }
+  }
+
+  /**
+   * Waits until the newest `newest` WAL segments of the file replica `replica` hold marker
+   * row `k` (see replica_watch.ts); throws if the process exits first or after `timeoutMs`.
+   */
+  async waitForMarker(
+    replica: string,
+    k: number,
+    what: string,
+    options: { timeoutMs?: number; newest?: number; label?: string } = {},
+  ): Promise<void> {
+    await waitUntil(
+      async () => {
+        if (!this.running) {
+          throw new Error(`${options.label ?? this.tool} replicate exited:\n${this.logTail()}`);
+        }
+        return await newestSegmentsHold(replica, k, options.newest);
+      },
+      what,
+      options.timeoutMs ?? 120_000,
+      20,
+    );
   }
 
   /** Sends SIGTERM (both tools then sync one last time), waits, SIGKILL after `timeoutMs`. */
