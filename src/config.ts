@@ -19,7 +19,6 @@
  * @module
  */
 
-import { resolve } from "node:path";
 import {
   type Document,
   isAlias,
@@ -32,6 +31,9 @@ import {
   type YAMLMap,
 } from "yaml";
 import { ConfigError, UsageError } from "./errors.ts";
+import { backendTypes, checkReplicaUrl, expandPath, redactUrl, URL_REGEXP } from "./replica_url.ts";
+
+export { replicaConfigFromUrl, type ReplicaUrlOptions } from "./replica_url.ts";
 import {
   allBackendKeys,
   backendOf,
@@ -145,14 +147,6 @@ export interface LoadConfigOptions {
   expandEnv?: boolean;
 }
 
-/** Options of {@linkcode replicaConfigFromUrl}. */
-export interface ReplicaUrlOptions {
-  /** Directory relative paths are resolved against. @default {Deno.cwd()} */
-  cwd?: string;
-  /** Directory `~` stands for. @default {$HOME, read only when a path starts with `~`} */
-  home?: string;
-}
-
 const TOP_KEYS = ["dbs", "addr", "exec", "access-key-id", "secret-access-key", "logging"];
 const LOGGING_KEYS = ["level", "type", "stderr"];
 const DB_KEYS = [
@@ -209,10 +203,8 @@ const V05_KEYS = new Set([
   "watch",
 ]);
 
-const URL_REGEXP = /^\w+:\/\//;
 const AGE_RECIPIENT_REGEXP = /^age1[02-9ac-hj-np-z]{58}$/;
 const AGE_IDENTITY_REGEXP = /^AGE-SECRET-KEY-1[02-9AC-HJ-NP-Z]{58}$/;
-const URL_SCHEME_REGEXP = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//;
 const INTEGER_SOURCE_REGEXP = /^[-+]?(0x[0-9a-fA-F_]+|0b[01_]+|[0-9_]+)$/;
 const ADDR_REGEXP = /^(.*):([0-9]{1,5})$/;
 const DURATION_UNITS: Record<string, number> = {
@@ -429,93 +421,9 @@ export function parseConfig(text: string, options: ParseConfigOptions): Config {
   return parser.parse(expanded.text);
 }
 
-/**
- * Builds a replica from a URL or path given on the command line, as `replicate DB URL` and
- * `restore URL` do. `file:///abs/dir`, or a bare absolute or relative path, is a file
- * replica with an absolute `path`; `s3://bucket/prefix` is an s3 replica whose client parses
- * the URL. Nothing else is set (so the sync interval is left to the caller).
- *
- * @throws {UsageError} For an unknown or unsupported scheme, or a malformed URL.
- */
-export function replicaConfigFromUrl(url: string, options: ReplicaUrlOptions = {}): ReplicaConfig {
-  const cwd = options.cwd ?? Deno.cwd();
-  if (!URL_REGEXP.test(url)) {
-    if (url === "") throw new UsageError("replica URL is empty");
-    try {
-      return { type: "file", path: expandPath(url, cwd, options.home), settings: {} };
-    } catch (err) {
-      throw new UsageError(`cannot use replica path "${url}"`, { cause: err });
-    }
-  }
-  const result = checkReplicaUrl(url);
-  if (typeof result === "string") throw new UsageError(result);
-  return result;
-}
-
-/** Validates a replica URL; returns the replica or why the URL is unusable. */
-function checkReplicaUrl(url: string): ReplicaConfig | string {
-  const shown = redactUrl(url);
-  const scheme = URL_SCHEME_REGEXP.exec(url)?.[1].toLowerCase();
-  if (scheme === undefined) {
-    return `replica URL "${shown}" needs a scheme such as "s3://" or "file://"`;
-  }
-  const backend = backendOf(scheme);
-  if (!backend) {
-    return `unknown replica URL scheme "${scheme}" in "${shown}" (supported: ${backendTypes()})`;
-  }
-  let parsed: URL;
-  try {
-    parsed = new URL(url);
-  } catch {
-    return `replica URL "${shown}" is malformed`;
-  }
-  try {
-    decodeURIComponent(parsed.pathname); // every backend decodes the path
-  } catch {
-    return `replica URL "${shown}" has a malformed %-escape in its path`;
-  }
-  const checked = backend.checkUrl(parsed, shown);
-  if (typeof checked === "string") return checked;
-  const replica: ReplicaConfig = { type: backend.type, url, settings: {} };
-  if (checked.path !== undefined) replica.path = resolve(checked.path);
-  return replica;
-}
-
 /** "a", "a and b", "a, b and c". */
 function listed(items: string[]): string {
   return items.length < 2 ? items.join("") : `${items.slice(0, -1).join(", ")} and ${items.at(-1)}`;
-}
-
-function backendTypes(): string {
-  return BACKENDS.map((b) => b.type).join(", ");
-}
-
-/** Replaces the password part of a URL so it can be shown. */
-function redactUrl(url: string): string {
-  return url.replace(/^(\w+:\/\/[^/@]*?):[^/@]*@/, "$1:***@");
-}
-
-/**
- * `~` or `~/…` becomes the home directory; the result is absolute against `cwd`. `$HOME` is
- * read only here, for a path that starts with `~`, so other paths need no env permission.
- */
-function expandPath(path: string, cwd: string, home?: string): string {
-  if (path === "~" || path.startsWith("~/")) {
-    home ??= homeDir();
-    if (!home) throw new Error(`Cannot expand "${path}": no home directory ($HOME is not set)`);
-    return resolve(home, path.slice(2));
-  }
-  return resolve(cwd, path);
-}
-
-/**
- * `$HOME` (`%USERPROFILE%` on Windows), if set.
- *
- * @throws {Deno.errors.NotCapable} Without permission to read the variable.
- */
-function homeDir(): string | undefined {
-  return Deno.env.get("HOME") ||
-    (Deno.build.os === "windows" ? Deno.env.get("USERPROFILE") : undefined) || undefined;
 }
 
 /**

@@ -216,11 +216,26 @@ export function decodeBlockInto(src: Uint8Array, dst: Uint8Array, pos: number): 
     ml += 4;
     if (o + ml > dst.length) throw bad("match out of bounds");
     let m = o - offset;
-    if (offset >= ml && ml >= SHORT_COPY_BYTES) {
+    if (ml < SHORT_COPY_BYTES) {
+      for (const end = o + ml; o < end;) dst[o++] = dst[m++];
+    } else if (offset >= ml) {
       dst.copyWithin(o, m, m + ml);
       o += ml;
+    } else if (offset === 1) {
+      // A run of one byte (zeroed space in pages): LZ4's commonest long match.
+      dst.fill(dst[m], o, o + ml);
+      o += ml;
     } else {
-      for (const end = o + ml; o < end;) dst[o++] = dst[m++];
+      // A match overlapping its own output repeats the `offset` bytes before it: copy them
+      // once, then double what is copied (each copy a whole number of periods).
+      dst.copyWithin(o, m, o);
+      let have = offset;
+      while (have < ml) {
+        const n = Math.min(have, ml - have);
+        dst.copyWithin(o + have, o, o + n);
+        have += n;
+      }
+      o += ml;
     }
   }
   return o;

@@ -769,3 +769,60 @@ Deno.test("replicate, generations and restore never print S3 credentials", async
   }));
   await assert.rejects(Deno.stat(`${dir}/out.db`), Deno.errors.NotFound);
 });
+
+/**
+ * Modules a Deno program loads before it runs (static imports, followed from `root`), from
+ * `deno info --json`: dynamic imports and type-only imports are not followed.
+ */
+async function staticModules(root: string): Promise<Set<string>> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["info", "--json", root],
+    cwd: REPO,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.ok(out.success, dec.decode(out.stderr));
+  const info = JSON.parse(dec.decode(out.stdout)) as {
+    modules: {
+      specifier: string;
+      dependencies?: { code?: { specifier: string }; isDynamic?: boolean }[];
+    }[];
+    redirects: Record<string, string>;
+  };
+  const bySpecifier = new Map(info.modules.map((m) => [m.specifier, m]));
+  const seen = new Set<string>();
+  const visit = (spec: string) => {
+    spec = info.redirects[spec] ?? spec;
+    if (seen.has(spec)) return;
+    seen.add(spec);
+    for (const dep of bySpecifier.get(spec)?.dependencies ?? []) {
+      if (dep.code && !dep.isDynamic) visit(dep.code.specifier);
+    }
+  };
+  visit(new URL(root, `file://${REPO}/`).href);
+  return seen;
+}
+
+Deno.test("commands given a replica URL load no YAML parser and no cloud SDK before they need one", async () => {
+  // `restore URL`, `generations URL` and the rest start in ~10 ms of module loading; the YAML
+  // parser alone took 30 ms, the AWS SDK 60–80 ms. Both load once a config or an s3 replica
+  // is used.
+  for (
+    const root of [
+      "src/cli/main.ts",
+      "src/cli/restore.ts",
+      "src/cli/listing.ts",
+      "src/cli/replicate.ts",
+    ]
+  ) {
+    const modules = [...await staticModules(root)];
+    assert.ok(
+      modules.some((m) => m.endsWith("/src/replica_url.ts") || root === "src/cli/main.ts"),
+      root,
+    );
+    const heavy = modules.filter((m) =>
+      /^npm:\/?(yaml|@aws-sdk\/|ssh2|age-encryption)/.test(m) || m.endsWith("/src/config.ts")
+    );
+    assert.deepEqual(heavy, [], `${root} loads ${heavy.join(", ")} at start`);
+  }
+});

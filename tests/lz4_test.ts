@@ -303,6 +303,25 @@ Deno.test("lz4Decompress() decodes linked blocks that refer back into a stored b
   assertBytes(lz4Decompress(frame), data);
 });
 
+Deno.test("lz4Decompress() decodes long matches overlapping their own output, every period", async () => {
+  // Runs repeating a pattern of 1 to 70 bytes, 32 to 5000 bytes long: liblz4 encodes them
+  // as matches whose offset is shorter than their length (copied by fill or by doubling).
+  const next = prng(31);
+  const parts: Uint8Array[] = [];
+  for (let period = 1; period <= 70; period++) {
+    for (const len of [32, 33, period * 2 + 1, 257, 4099 + period]) {
+      const pattern = randomBytes(period, next());
+      const run = new Uint8Array(len);
+      for (let i = 0; i < len; i++) run[i] = pattern[i % period];
+      parts.push(randomBytes(1 + (next() % 9), next()), run);
+    }
+  }
+  const data = concatBytes(...parts);
+  const frame = await lz4Cli(["-B4", "-BD"], data);
+  assert.ok(frame.length < data.length / 4, "the runs were not compressed as matches");
+  assertBytes(lz4Decompress(frame), data);
+});
+
 Deno.test("lz4Decompress() accepts an empty stored block, as liblz4 does", async () => {
   const empty = lz4Compress(new Uint8Array(0));
   // Header, a stored block of 0 bytes (0x80000000), end mark, content checksum.

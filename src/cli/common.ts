@@ -3,14 +3,8 @@
  *
  * @module
  */
-import {
-  type Config,
-  configPathFromEnv,
-  type DbConfig,
-  loadConfig,
-  type ReplicaConfig,
-  replicaConfigFromUrl,
-} from "../config.ts";
+import type { Config, DbConfig, ReplicaConfig } from "../config.ts";
+import { replicaConfigFromUrl } from "../replica_url.ts";
 import { newReplicaClient } from "../clients/mod.ts";
 import type { ReplicaClient } from "../replica_client.ts";
 import { UsageError } from "../errors.ts";
@@ -35,10 +29,14 @@ export function isUrl(arg: string): boolean {
   return /^\w+:\/\//.test(arg);
 }
 
-/** Loads the config named by `-config`, `$LITESTREAM_CONFIG` or the default path. */
+/**
+ * Loads the config named by `-config`, `$LITESTREAM_CONFIG` or the default path. The config
+ * module (and its YAML parser) is loaded here, so commands given a URL never load it.
+ */
 export async function readConfig(
   values: { config?: string; "no-expand-env"?: boolean },
 ): Promise<Config> {
+  const { configPathFromEnv, loadConfig } = await import("../config.ts");
   const { path } = configPathFromEnv(values.config);
   return await loadConfig(path, { expandEnv: !values["no-expand-env"] });
 }

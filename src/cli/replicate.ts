@@ -5,7 +5,8 @@
  */
 import { formatUsage, parseFlags } from "./flags.ts";
 import { CONFIG_FLAGS, isUrl, readConfig } from "./common.ts";
-import { type Config, replicaConfigFromUrl } from "../config.ts";
+import type { Config } from "../config.ts";
+import { replicaConfigFromUrl } from "../replica_url.ts";
 import { Store } from "../store.ts";
 import { consoleSink, Logger } from "../log.ts";
 import { describeError, UsageError } from "../errors.ts";
