@@ -30,14 +30,13 @@ import {
   type Scalar,
   type YAMLMap,
 } from "yaml";
-import { ConfigError, UsageError } from "./errors.ts";
+import { ConfigError } from "./errors.ts";
 import { backendTypes, checkReplicaUrl, expandPath, redactUrl, URL_REGEXP } from "./replica_url.ts";
 
 export { replicaConfigFromUrl, type ReplicaUrlOptions } from "./replica_url.ts";
 import {
   allBackendKeys,
   backendOf,
-  BACKENDS,
   type BackendSettings,
   backendsWithKey,
 } from "./backends/mod.ts";
