@@ -33,7 +33,15 @@ import {
 import { defaultMetaPath } from "./layout.ts";
 import { formatPos, MAX_INDEX, type Pos } from "./pos.ts";
 import { type CheckpointMode, Connection, probeDatabaseFile } from "./sqlite.ts";
-import { absPath, dirname, exists, mkdirp, readAtSync, readIntoSync } from "./internal/fs.ts";
+import {
+  absPath,
+  dirname,
+  exists,
+  fileSizeSync,
+  mkdirp,
+  readAtSync,
+  readIntoSync,
+} from "./internal/fs.ts";
 import { lockReplicator, ReplicatorLockedError } from "./internal/replicator_lock.ts";
 import { delay, Mutex, Wakeup } from "./internal/delay.ts";
 import { Scratch } from "./internal/bytes.ts";
@@ -404,7 +412,7 @@ export class Db implements AsyncDisposable {
     this.#walSeenAt = seenAt;
     this.#copiedFrames = changed;
     this.metrics.walSize = wal.size;
-    this.metrics.dbSize = this.#dbFile?.statSync().size ?? 0;
+    this.metrics.dbSize = this.#dbFile ? fileSizeSync(this.#dbFile) : 0;
     this.metrics.shadowWalIndex = shadow.index ?? 0;
     this.metrics.shadowWalSize = shadow.totalBytes;
     this.metrics.walScannedBytes = shadow.checksummedBytes;
@@ -510,9 +518,11 @@ export class Db implements AsyncDisposable {
   // The per-sync file work uses synchronous calls (see readAtSync); only the fdatasync of
   // the shadow WAL goes through the thread pool.
   #readWalHeader(): { bytes: Uint8Array; size: number; info: Deno.FileInfo } {
+    // Stat by path (see fileSizeSync), before the open: a WAL replaced in between shows as
+    // changed at the next sync, never as unchanged.
+    const info = Deno.statSync(this.walPath);
     using f = Deno.openSync(this.walPath, { read: true });
-    const info = f.statSync();
-    const size = info.size;
+    const size = fileSizeSync(f);
     const bytes = readAtSync(f, 0, WAL_HEADER_SIZE);
     if (bytes.length < WAL_HEADER_SIZE) {
       throw new Error(`Cannot read WAL header of "${this.path}": WAL is ${size} bytes`);
@@ -678,7 +688,7 @@ export class Db implements AsyncDisposable {
       });
       if (!pos) return undefined;
       const file = this.#dbFile!; // synchronous calls only (see #dbFile)
-      const size = file.statSync().size;
+      const size = fileSizeSync(file);
       const hash = createHash("sha256");
       const buf = new Uint8Array(4 << 20);
       for (let done = 0; done < size;) {
@@ -726,7 +736,7 @@ export class Db implements AsyncDisposable {
       // Only synchronous calls on this handle: Deno's async file calls work on a duplicate
       // descriptor and close it afterwards, which drops SQLite's locks (see #dbFile).
       const file = this.#dbFile!;
-      const size = file.statSync().size;
+      const size = fileSizeSync(file);
       let off = 0;
       const read = (buf: Uint8Array): number => {
         const n = readIntoSync(file, off, buf.subarray(0, Math.max(0, size - off)));

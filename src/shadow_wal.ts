@@ -26,6 +26,7 @@ import {
 import type { Pos } from "./pos.ts";
 import {
   dirname,
+  fileSizeSync,
   fsyncDir,
   mkdirp,
   readAtSync,
@@ -209,7 +210,7 @@ export class ShadowWal implements ShadowWalReader {
     }
     if (index < 0) return;
     using f = Deno.openSync(this.path(gen, index), { read: true, write: true });
-    const fileSize = f.statSync().size;
+    const fileSize = fileSizeSync(f);
     const headerBytes = readAtSync(f, 0, WAL_HEADER_SIZE);
     if (headerBytes.length < WAL_HEADER_SIZE || !isValidWalHeader(headerBytes)) return;
     const header = decodeWalHeader(headerBytes);
@@ -295,7 +296,7 @@ export class ShadowWal implements ShadowWalReader {
     scratch.reset();
     // SQLite writes a restarted WAL's header before any of its frames: read it first.
     if (!bytesEqual(readAtSync(wal, 0, WAL_HEADER_SIZE, scratch), sh.headerBytes)) return -1;
-    const walSize = wal.statSync().size;
+    const walSize = fileSizeSync(wal);
     const tail = sh.tail;
     sh.tail = undefined;
     if (committed !== undefined && tail) {
@@ -377,7 +378,7 @@ export class ShadowWal implements ShadowWalReader {
   appendEndedLife(walPath: string, scratch: Scratch, next: WalHeader): number {
     const sh = this.#state!;
     using wal = Deno.openSync(walPath, { read: true });
-    const walSize = wal.statSync().size;
+    const walSize = fileSizeSync(wal);
     const scan = scanFile(wal, sh.size, walSize, sh.header, sh.checksum, scratch);
     const after = readAtSync(wal, scan.end, WAL_FRAME_HEADER_SIZE);
     if (after.length === WAL_FRAME_HEADER_SIZE) {

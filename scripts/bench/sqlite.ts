@@ -10,6 +10,8 @@ import { marker } from "./replica_watch.ts";
 import { exists, progress } from "./util.ts";
 
 const enc = new TextEncoder();
+/** GNU time, for a writer's CPU seconds. */
+const TIME_BIN = "/usr/bin/time";
 
 /** Filler stored with every benchmark row, so rows look like application data. */
 const PAYLOAD = "order=1234;customer=acme;status=shipped;note=benchmark row";
@@ -55,15 +57,29 @@ export async function createDb(path: string): Promise<void> {
 
 /**
  * Runs the rows `first..last` as single-row commits in one `sqlite3` process fed a script
- * on stdin; returns its wall time. The busy timeout makes a writer wait (as applications do)
+ * on stdin; returns its wall time and its CPU (user + sys). The busy timeout makes a writer wait (as applications do)
  * while a replicator holds the write lock for a checkpoint.
  */
-export async function runInsertScript(db: string, first: number, last: number): Promise<TimedRun> {
+export async function runInsertScript(
+  db: string,
+  first: number,
+  last: number,
+): Promise<TimedRun & { cpuSeconds: number }> {
   const lines = [".timeout 10000", ".bail on"];
   for (let k = first; k <= last; k++) lines.push(insertRowSql(k));
-  const r = await runTimed({ cmd: "sqlite3", args: [db] }, lines.join("\n") + "\n");
-  if (!r.success) throw new Error(`sqlite3 writer failed: ${r.stderr.trim()}`);
-  return r;
+  // The writer's own CPU (user + sys) through /usr/bin/time, written to a file of its own.
+  const timeFile = await Deno.makeTempFile({ prefix: "bench-writer-time-" });
+  try {
+    const r = await runTimed(
+      { cmd: TIME_BIN, args: ["-f", "%U %S", "-o", timeFile, "sqlite3", db] },
+      lines.join("\n") + "\n",
+    );
+    if (!r.success) throw new Error(`sqlite3 writer failed: ${r.stderr.trim()}`);
+    const [user, sys] = (await Deno.readTextFile(timeFile)).trim().split(/\s+/).map(Number);
+    return { ...r, cpuSeconds: user + sys };
+  } finally {
+    await Deno.remove(timeFile).catch(() => {});
+  }
 }
 
 /**

@@ -167,6 +167,16 @@ export function readIntoSync(file: Deno.FsFile, offset: number, buf: Uint8Array)
   return n;
 }
 
+/**
+ * The size of an open file, from a seek to its end. `FsFile.statSync()` costs ~9 µs where this
+ * costs ~1: under any permission flags but `-A`, Deno resolves the descriptor's path first (8
+ * `readlink` calls here). Leaves the file offset at the end, which {@linkcode readIntoSync}
+ * (and every positional helper here) does not rely on.
+ */
+export function fileSizeSync(file: Deno.FsFile): number {
+  return file.seekSync(0, Deno.SeekMode.End);
+}
+
 /** {@linkcode writeAll} with synchronous calls (see {@linkcode readAtSync}). */
 export function writeAllSync(file: Deno.FsFile, data: Uint8Array): void {
   let o = 0;
