@@ -115,6 +115,8 @@ export class ShadowWal implements ShadowWalReader {
   #generation?: string;
   #state?: State;
   #bytes = 0; // all shadow files of the generation
+  /** Files of the generation below this index are gone (clean() removed them). */
+  #cleanedBelow = 0;
   #checksummed = 0;
   readonly #log: Logger;
 
@@ -183,6 +185,7 @@ export class ShadowWal implements ShadowWalReader {
     this.#generation = undefined;
     this.#state = undefined;
     this.#bytes = 0;
+    this.#cleanedBelow = 0;
     let gen: string;
     try {
       gen = (await Deno.readTextFile(`${this.dir}/generation`)).trim();
@@ -240,6 +243,7 @@ export class ShadowWal implements ShadowWalReader {
     await mkdirp(this.#walDir(gen), 0o700);
     this.#generation = gen;
     this.#bytes = 0;
+    this.#cleanedBelow = 0;
     await this.startIndex(0, walHeader);
     return gen;
   }
@@ -514,7 +518,9 @@ export class ShadowWal implements ShadowWalReader {
   /** Removes the current generation's files below index `keepFrom`. */
   async clean(keepFrom: number): Promise<void> {
     const gen = this.#generation;
-    if (!gen) return;
+    // Files are only ever added at higher indexes: no need to list the directory again (an
+    // async call per sync) until the replicas have moved past another file.
+    if (!gen || keepFrom <= this.#cleanedBelow) return;
     const dir = this.#walDir(gen);
     for await (const e of Deno.readDir(dir)) {
       const i = parseShadowWalName(e.name);
@@ -526,6 +532,7 @@ export class ShadowWal implements ShadowWalReader {
         this.#bytes -= size;
       } catch { /* gone already */ }
     }
+    if (gen === this.#generation) this.#cleanedBelow = keepFrom;
   }
 }
 

@@ -206,3 +206,39 @@ Deno.test("Replica.validate() fails and counts an error when the replica lost WA
   await assert.rejects(fx.replica.validate(), /Cannot validate replica "file"/);
   assert.deepEqual(fx.replica.metrics.validations, { ok: 0, error: 1 });
 });
+
+Deno.test("Db removes the shadow WAL files every replica has moved past, index after index", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path, { minCheckpointPageCount: 20 });
+  await using w = new Writer(fx.path);
+  await fx.sync();
+  const gen = fx.db.generation!;
+  const shadowFiles = async () => {
+    const names: string[] = [];
+    for await (const e of Deno.readDir(dirOf(fx.db.shadowWalPath(gen, 0)))) names.push(e.name);
+    return names.sort();
+  };
+  // Each round's checkpoints move the index on; the replica ships it; the Db then keeps the
+  // replica's file and the one before it, whatever the index (a cleaning that ran once must
+  // run again once the replicas move further).
+  for (let round = 0; round < 4; round++) {
+    const from = fx.db.pos()!.index;
+    for (let i = 0; fx.db.pos()!.index < from + 2; i++) {
+      await w.exec(blobs(10));
+      await fx.sync();
+      assert.ok(i < 50, "checkpoints advanced the index");
+    }
+    // The Db cleans after a sync that copied something, once the replica said where it is.
+    await w.exec("INSERT INTO t (v) VALUES ('x')");
+    await fx.sync();
+    const index = fx.db.pos()!.index;
+    assert.equal(fx.replica.pos()!.index, index);
+    const kept = await shadowFiles();
+    assert.ok(kept.length <= 2, `round ${round}: index ${index}, kept ${kept.join(", ")}`);
+    assert.ok(kept.includes(fx.db.shadowWalPath(gen, index).split("/").pop()!));
+  }
+});
+
+function dirOf(path: string): string {
+  return path.slice(0, path.lastIndexOf("/"));
+}
