@@ -212,3 +212,51 @@ Deno.test("restore() streams a WAL index larger than the prefetch limit straight
   const left = (await Array.fromAsync(Deno.readDir(dir.path))).map((e) => e.name);
   assert.deepEqual(left.filter((n) => n.includes("restore") || n.endsWith(".tmp")), []);
 });
+
+Deno.test("restore() rejects a streamed WAL segment that is corrupt, truncated or claims an oversized block", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path, { minCheckpointPageCount: 100_000 });
+  await using w = new Writer(fx.path);
+  await fx.sync();
+  await w.exec(blobs(3_000, 3900)); // ~12 MiB of incompressible pages: a streamed segment
+  await fx.sync();
+  const segs = await sortedWalSegments(fx.client, fx.db.generation!);
+  const big = segs.find((s) => s.size > 4 << 20)!;
+  assert.ok(big, "a segment is larger than the prefetch limit");
+  const path = `${fx.replicaPath}/${walSegmentKey(big.generation, big.index, big.offset)}`;
+  const good = await Deno.readFile(path);
+  // Offsets of the frame's parts: 7-byte header, then size word + block, ..., end mark.
+  const firstBlock = new DataView(good.buffer).getUint32(7, true) & 0x7fffffff;
+  const secondWord = 7 + 4 + firstBlock;
+  const damages: [string, (b: Uint8Array) => Uint8Array][] = [
+    ["a flipped byte in a block", (b) => {
+      b[secondWord + 100] ^= 0xff;
+      return b;
+    }],
+    ["cut inside a block", (b) => b.subarray(0, secondWord + 1000)],
+    ["cut right after a size word", (b) => b.subarray(0, secondWord + 4)],
+    ["cut inside the header", (b) => b.subarray(0, 5)],
+    ["a size word past any block", (b) => {
+      new DataView(b.buffer).setUint32(secondWord, 0x7ffffff0, true);
+      return b;
+    }],
+    ["bytes after the frame", (b) => {
+      const out = new Uint8Array(b.length + 3);
+      out.set(b);
+      return out;
+    }],
+  ];
+  for (const [what, damage] of damages) {
+    await Deno.writeFile(path, damage(good.slice()));
+    await assert.rejects(
+      restore(fx.client, { outputPath: `${dir.path}/r.db` }),
+      (err: Error) => err instanceof ReplicaIntegrityError && err.message.includes(big.generation),
+      what,
+    );
+    const left = (await Array.fromAsync(Deno.readDir(dir.path))).map((e) => e.name);
+    assert.deepEqual(left.filter((n) => n.startsWith("r.db") || n.startsWith(".r.db")), [], what);
+  }
+  await Deno.writeFile(path, good);
+  await restore(fx.client, { outputPath: `${dir.path}/r.db` });
+  assert.equal(await dump(`${dir.path}/r.db`), await dump(fx.path));
+});
