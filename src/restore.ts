@@ -482,18 +482,22 @@ async function* releaseSpent(chunks: AsyncIterable<Uint8Array>): AsyncGenerator<
   }
 }
 
+/** A BYOB reader of `stream`, or undefined if it is not a byte stream (a file's is). */
+function byobReader(stream: ReadableStream<Uint8Array>): ReadableStreamBYOBReader | undefined {
+  try {
+    return stream.getReader({ mode: "byob" });
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * Reads `stream` in chunks of up to {@linkcode READ_CHUNK_BYTES}, each in a new buffer of its own that the caller
  * may {@linkcode release}: a byte stream (a file's) reads straight into them, any other is
  * copied (its own chunks may share buffers, as Node's pooled ones do).
  */
 async function* readChunks(stream: ReadableStream<Uint8Array>): AsyncGenerator<Uint8Array> {
-  let byob: ReadableStreamBYOBReader | undefined;
-  try {
-    byob = stream.getReader({ mode: "byob" });
-  } catch {
-    // Not a byte stream.
-  }
+  const byob = byobReader(stream);
   if (!byob) {
     let buf = new Uint8Array(READ_CHUNK_BYTES);
     let n = 0;
@@ -534,12 +538,7 @@ async function* readChunks(stream: ReadableStream<Uint8Array>): AsyncGenerator<U
  * one, is read on in plain chunks (the frame reader then names what is wrong).
  */
 async function* readLz4Parts(stream: ReadableStream<Uint8Array>): AsyncGenerator<Uint8Array> {
-  let byob: ReadableStreamBYOBReader | undefined;
-  try {
-    byob = stream.getReader({ mode: "byob" });
-  } catch {
-    // Not a byte stream.
-  }
+  const byob = byobReader(stream);
   if (!byob) {
     yield* readChunks(stream);
     return;
@@ -768,12 +767,7 @@ async function readSized(stream: ReadableStream<Uint8Array>, size: number): Prom
     release(buf);
     buf = bigger;
   };
-  let byob: ReadableStreamBYOBReader | undefined;
-  try {
-    byob = stream.getReader({ mode: "byob" });
-  } catch {
-    // Not a byte stream.
-  }
+  const byob = byobReader(stream);
   if (!byob) {
     for await (const chunk of stream) {
       room(chunk.length);
