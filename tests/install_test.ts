@@ -268,6 +268,21 @@ Deno.test("deno task bundle writes one file that replicates and restores from an
     cwd: out,
   });
   assert.match(listing, /^name\s+generation/);
+  // The config module (and its YAML parser) is imported only when a config is read: the
+  // bundle must hold it all the same.
+  await Deno.writeTextFile(
+    `${out}/litestream.yml`,
+    `dbs:\n  - path: ${data}/app.db\n    replicas:\n      - url: file://${bk}\n`,
+  );
+  const dbs = await ok(DENO, [
+    "run",
+    ...flags({ read: [out], env: CONFIG_ENV }),
+    bundle,
+    "databases",
+    "-config",
+    `${out}/litestream.yml`,
+  ], { cwd: out });
+  assert.match(dbs, new RegExp(`${data}/app\\.db\\s+file`));
 });
 
 Deno.test("replicate with a config file, $VAR expansion, addr and -exec runs under the README's minimal flags", async () => {
