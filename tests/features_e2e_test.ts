@@ -290,6 +290,12 @@ Deno.test("validation-interval: validations are counted, and a replica damaged w
     assert.equal(snaps.length, 1);
     return `${replica}/${snaps[0].path}`;
   };
+  /**
+   * Waits for a line of the daemon's log: the counter a step waits for is updated before the
+   * line reaches us through the daemon's stderr.
+   */
+  const waitForLog = (d: { log: string }, line: RegExp) =>
+    waitFor(() => line.test(d.log), 15_000, `a log line matching ${line}`);
   /** Replaces a replica file the way a store would: the new content appears at once. */
   const replaceFile = async (path: string, data: Uint8Array) => {
     const tmp = `${dir.path}/replacement`;
@@ -320,7 +326,7 @@ Deno.test("validation-interval: validations are counted, and a replica damaged w
 
       await t.step("an intact replica validates ok", async () => {
         await commitAndWaitFor("ok", "v1");
-        assert.match(daemon.log, /msg="validation ok".* replica=file/);
+        await waitForLog(daemon, /msg="validation ok".* replica=file/);
       });
 
       const snapshot = await snapshotPath();
@@ -334,8 +340,8 @@ Deno.test("validation-interval: validations are counted, and a replica damaged w
           bytes[at + 1] = "X".charCodeAt(0); // still a valid database: only a value changed
           await replaceFile(snapshot, lz4Compress(bytes));
           await commitAndWaitFor("error", "v2");
-          assert.match(
-            daemon.log,
+          await waitForLog(
+            daemon,
             /level=ERROR msg="validation failed: replica differs from database".* replica=file\b/,
           );
         },
@@ -360,8 +366,8 @@ Deno.test("validation-interval: validations are counted, and a replica damaged w
             crypto.getRandomValues(new Uint8Array(100)),
           );
           await commitAndWaitFor("error", "v4");
-          assert.match(
-            daemon.log,
+          await waitForLog(
+            daemon,
             /^(?=.* level=ERROR )(?=.* replica=file )(?=.*Cannot validate replica \\"file\\").*corrupt/m,
           );
         },
