@@ -7,6 +7,10 @@
  *   `commits` single-row commits, then `txnCount` transactions of `txnMb` MiB each (new rows,
  *   half random bytes and half zeros), waiting after each until the replica holds it. Nearly
  *   all the data reaches the replica as WAL segments, not as a snapshot;
+ * - trickle: `trickleCommits` single-row commits from one long-lived writer, `trickleGapMs`
+ *   apart, as an application writing steadily does: our replicate ships nearly every commit as
+ *   a segment of its own (v0.3.13 one a second), so this is the replica shape whose restore
+ *   pays per segment; both tools also restore our replica (the same input);
  * - snapshot-heavy: the first snapshot of the cached large database of workloads 3/4;
  * - S3: each tool's WAL-heavy file replica, shaped as its replicate ships an S3 replica (ours
  *   built again with `sync-interval: 1s`, its S3 default), copied object by object into moto
@@ -20,7 +24,8 @@
  * byte for byte (sha256 of the source after a TRUNCATE checkpoint).
  *
  * Alone: `deno run -A --lock=tests/deno.lock scripts/bench/restore_wal.ts [--runs=3] [--txn-mb=20]
- * [--txn-count=5] [--commits=3000] [--big-mb=128] [--no-s3] [--keep=DIR]` (with `--keep`, the replicas are
+ * [--txn-count=5] [--commits=3000] [--big-mb=128] [--trickle-commits=2000] [--trickle-gap-ms=5]
+ * [--no-s3] [--keep=DIR]` (with `--keep`, the replicas are
  * built once in DIR and reused by later runs).
  *
  * @module
@@ -36,7 +41,7 @@ import {
   type ToolSet,
   waitReady,
 } from "./tools.ts";
-import { bigDb, bigTxnSql, createDb, runInsertScript } from "./sqlite.ts";
+import { bigDb, bigTxnSql, createDb, insertRowSql, runInsertScript, Writer } from "./sqlite.ts";
 import { fileReplica, s3Replica, writeReplicateConfig } from "./config.ts";
 import { clkTck, exists, fmt, median, print, progress, sleep, type TableRow } from "./util.ts";
 import { FileReplicaClient } from "../../src/clients/file.ts";
@@ -59,6 +64,10 @@ export interface RestoreWalOptions {
   runs?: number;
   /** Also restore from S3 (moto). @default {true} */
   s3?: boolean;
+  /** Commits of the trickle replica, each its own, `trickleGapMs` apart. @default {2000} */
+  trickleCommits?: number;
+  /** Pause between two commits of the trickle replica, ms. @default {5} */
+  trickleGapMs?: number;
 }
 
 /** One restore's cost. */
@@ -160,6 +169,45 @@ async function buildWalHeavy(
       });
     }
     await sleep(1500); // a last checkpoint's segment, if any
+  } finally {
+    await rep.stop();
+  }
+  const fp = await sourceFingerprint(db);
+  await Deno.remove(db);
+  return await saveBuilt(dir, { replica, ...fp });
+}
+
+/**
+ * Builds (or reuses) `tool`'s trickle replica under `dir`: `commits` single-row commits from one
+ * long-lived writer, `gapMs` apart, as an application writing steadily does. Our replicate
+ * ships nearly every commit as a segment of its own; v0.3.13 one segment a second.
+ */
+async function buildTrickle(
+  tools: ToolSet,
+  tool: Tool,
+  dir: string,
+  commits: number,
+  gapMs: number,
+): Promise<Built> {
+  const old = await cached(dir);
+  if (old) return old;
+  await Deno.remove(dir, { recursive: true }).catch(() => {});
+  await Deno.mkdir(dir, { recursive: true });
+  const db = `${dir}/db`, replica = `${dir}/replica`;
+  await createDb(db);
+  const rep = new Replicator(tools, tool, [db, `file://${replica}`], `${dir}/replicate.log`);
+  try {
+    await waitReady(rep, replica);
+    await sleep(500);
+    progress(`9: ${tool} replicating ${commits} commits ${gapMs} ms apart`);
+    await using w = new Writer(db);
+    await w.init();
+    for (let k = 1; k <= commits; k++) {
+      await w.exec(insertRowSql(k));
+      await sleep(gapMs);
+    }
+    await rep.waitForMarker(replica, commits, `${tool}'s replica to hold the last commit`);
+    await sleep(1500);
   } finally {
     await rep.stop();
   }
@@ -291,9 +339,12 @@ export async function runRestoreWalWorkload(
     bigMb: options.bigMb ?? 128,
     runs: options.runs ?? 3,
     s3: options.s3 ?? true,
+    trickleCommits: options.trickleCommits ?? 2000,
+    trickleGapMs: options.trickleGapMs ?? 5,
   };
   const wal: Record<Tool, Built> = {} as Record<Tool, Built>;
   const snap: Record<Tool, Built> = {} as Record<Tool, Built>;
+  const trickle: Record<Tool, Built> = {} as Record<Tool, Built>;
   const tag = `${o.commits}c-${o.txnCount}x${o.txnMb}mb`;
   for (const tool of ["ours", "v0.3.13"] as const) {
     wal[tool] = await buildWalHeavy(tools, tool, `${o.dir}/w9-wal-${tag}-${tool}`, o);
@@ -302,6 +353,13 @@ export async function runRestoreWalWorkload(
       tool,
       `${o.dir}/w9-snap-${o.bigMb}mb-${tool}`,
       o.bigMb,
+    );
+    trickle[tool] = await buildTrickle(
+      tools,
+      tool,
+      `${o.dir}/w9-trickle-${o.trickleCommits}c-${o.trickleGapMs}ms-${tool}`,
+      o.trickleCommits,
+      o.trickleGapMs,
     );
   }
   const notes: string[] = [];
@@ -336,6 +394,20 @@ export async function runRestoreWalWorkload(
       ours: ["-skip-integrity-check", ...file(wal.ours)],
       oursFrom: wal.ours,
       theirsFrom: wal[v],
+    },
+    {
+      name: `trickle (${o.trickleCommits} commits ${o.trickleGapMs} ms apart), own replica`,
+      ours: file(trickle.ours),
+      oursFrom: trickle.ours,
+      theirs: file(trickle[v]),
+      theirsFrom: trickle[v],
+    },
+    {
+      name: "trickle, both restoring our replica",
+      ours: file(trickle.ours),
+      oursFrom: trickle.ours,
+      theirs: file(trickle.ours),
+      theirsFrom: trickle.ours,
     },
     {
       name: "snapshot-heavy, own replica",
@@ -432,6 +504,15 @@ export async function runRestoreWalWorkload(
         digits: 1,
       });
     }
+    const trickleSegs: Record<Tool, number> = {} as Record<Tool, number>;
+    for (const tool of ["ours", "v0.3.13"] as const) {
+      const client = new FileReplicaClient(trickle[tool].replica);
+      let n = 0;
+      for (const gen of await client.generations()) {
+        n += (await collect(client.walSegments(gen))).length;
+      }
+      trickleSegs[tool] = n;
+    }
     const range = (ms: RestoreMeasure[], k: keyof RestoreMeasure, d: number) =>
       `${fmt(Math.min(...ms.map((m) => m[k])), d)}–${fmt(Math.max(...ms.map((m) => m[k])), d)}`;
     const mib = fmt(wal.ours.bytes / MIB, 1);
@@ -439,6 +520,10 @@ export async function runRestoreWalWorkload(
       `Restores: WAL-heavy = the first snapshot of a 1-row database, then ${o.commits} ` +
         `single-row commits and ${o.txnCount} × ${o.txnMb} MiB transactions (${mib} MiB), ` +
         "each tool's replica written by its own replicate (ours holds more, smaller segments); " +
+        `trickle = ${o.trickleCommits} single-row commits from one long-lived \`sqlite3\`, ` +
+        `${o.trickleGapMs} ms apart (segments: ours ${trickleSegs.ours}, v0.3.13 ${
+          trickleSegs[v]
+        }); ` +
         `snapshot-heavy = the ${o.bigMb} MiB database's first snapshot; S3 = the WAL-heavy file ` +
         "replicas copied into moto, ours built again with `sync-interval: 1s` (what our " +
         "replicate uses for S3 by default; at 20 ms a replica holds ~10× the objects). " +
@@ -468,6 +553,8 @@ if (import.meta.main) {
     if ((m = /^--runs=(\d+)$/.exec(a))) o.runs = Number(m[1]);
     else if ((m = /^--txn-mb=(\d+)$/.exec(a))) o.txnMb = Number(m[1]);
     else if ((m = /^--txn-count=(\d+)$/.exec(a))) o.txnCount = Number(m[1]);
+    else if ((m = /^--trickle-commits=(\d+)$/.exec(a))) o.trickleCommits = Number(m[1]);
+    else if ((m = /^--trickle-gap-ms=(\d+)$/.exec(a))) o.trickleGapMs = Number(m[1]);
     else if ((m = /^--commits=(\d+)$/.exec(a))) o.commits = Number(m[1]);
     else if ((m = /^--big-mb=(\d+)$/.exec(a))) o.bigMb = Number(m[1]);
     else if (a === "--no-s3") o.s3 = false;
