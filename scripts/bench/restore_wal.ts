@@ -128,45 +128,39 @@ async function saveBuilt(dir: string, built: Built): Promise<Built> {
   return built;
 }
 
-/** Builds (or reuses) `tool`'s WAL-heavy file replica under `dir`. */
-async function buildWalHeavy(
+/** How {@linkcode buildReplica} makes one replica. */
+interface BuildPlan {
+  /** Creates the source database at `db`. @default {createDb} */
+  source?: (db: string) => Promise<void>;
+  /** `replicate`'s arguments. @default {[db, file://replica]} */
+  args?: (db: string, replica: string) => Promise<string[]>;
+  /** The writes, run once the replica holds its first snapshot. */
+  load?: (db: string, replica: string, rep: Replicator) => Promise<void>;
+}
+
+/**
+ * Builds (or reuses) `tool`'s replica under `dir`: the source database, `replicate` until the
+ * load is on the replica, then the source's fingerprint (the source itself is removed).
+ */
+async function buildReplica(
   tools: ToolSet,
   tool: Tool,
   dir: string,
-  o: Required<RestoreWalOptions>,
-  syncInterval?: string,
+  plan: BuildPlan,
 ): Promise<Built> {
   const old = await cached(dir);
   if (old) return old;
   await Deno.remove(dir, { recursive: true }).catch(() => {});
   await Deno.mkdir(dir, { recursive: true });
   const db = `${dir}/db`, replica = `${dir}/replica`;
-  await createDb(db);
-  let args = [db, `file://${replica}`];
-  if (syncInterval) {
-    // The replica's `sync-interval`, which only a config file sets.
-    const config = `${dir}/litestream.yml`;
-    await writeReplicateConfig(config, {
-      db,
-      replica: fileReplica(replica, { "sync-interval": syncInterval }),
-    });
-    args = ["-config", config];
-  }
+  await (plan.source ?? createDb)(db);
+  const args = plan.args ? await plan.args(db, replica) : [db, `file://${replica}`];
   const rep = new Replicator(tools, tool, args, `${dir}/replicate.log`);
   try {
     await waitReady(rep, replica);
-    await sleep(500);
-    progress(`9: ${tool} replicating ${o.commits} single-row commits`);
-    await runInsertScript(db, 1, o.commits);
-    for (let k = 1; k <= o.txnCount; k++) {
-      progress(`9: ${tool} replicating transaction ${k} of ${o.txnMb} MiB`);
-      const m = o.commits + k;
-      const w = await runTimed({ cmd: "sqlite3", args: [db] }, bigTxnSql(m, o.txnMb));
-      if (!w.success) throw new Error(`sqlite3 writer failed: ${w.stderr.trim()}`);
-      await rep.waitForMarker(replica, m, `${tool}'s replica to hold transaction ${k}`, {
-        timeoutMs: 300_000,
-        newest: 3,
-      });
+    if (plan.load) {
+      await sleep(500);
+      await plan.load(db, replica, rep);
     }
     await sleep(1500); // a last checkpoint's segment, if any
   } finally {
@@ -177,70 +171,81 @@ async function buildWalHeavy(
   return await saveBuilt(dir, { replica, ...fp });
 }
 
+/** Builds (or reuses) `tool`'s WAL-heavy file replica under `dir`. */
+function buildWalHeavy(
+  tools: ToolSet,
+  tool: Tool,
+  dir: string,
+  o: Required<RestoreWalOptions>,
+  syncInterval?: string,
+): Promise<Built> {
+  return buildReplica(tools, tool, dir, {
+    args: async (db, replica) => {
+      if (!syncInterval) return [db, `file://${replica}`];
+      // The replica's `sync-interval`, which only a config file sets.
+      const config = `${dir}/litestream.yml`;
+      await writeReplicateConfig(config, {
+        db,
+        replica: fileReplica(replica, { "sync-interval": syncInterval }),
+      });
+      return ["-config", config];
+    },
+    load: async (db, replica, rep) => {
+      progress(`9: ${tool} replicating ${o.commits} single-row commits`);
+      await runInsertScript(db, 1, o.commits);
+      for (let k = 1; k <= o.txnCount; k++) {
+        progress(`9: ${tool} replicating transaction ${k} of ${o.txnMb} MiB`);
+        const m = o.commits + k;
+        const w = await runTimed({ cmd: "sqlite3", args: [db] }, bigTxnSql(m, o.txnMb));
+        if (!w.success) throw new Error(`sqlite3 writer failed: ${w.stderr.trim()}`);
+        await rep.waitForMarker(replica, m, `${tool}'s replica to hold transaction ${k}`, {
+          timeoutMs: 300_000,
+          newest: 3,
+        });
+      }
+    },
+  });
+}
+
 /**
  * Builds (or reuses) `tool`'s trickle replica under `dir`: `commits` single-row commits from one
  * long-lived writer, `gapMs` apart, as an application writing steadily does. Our replicate
  * ships nearly every commit as a segment of its own; v0.3.13 one segment a second.
  */
-async function buildTrickle(
+function buildTrickle(
   tools: ToolSet,
   tool: Tool,
   dir: string,
   commits: number,
   gapMs: number,
 ): Promise<Built> {
-  const old = await cached(dir);
-  if (old) return old;
-  await Deno.remove(dir, { recursive: true }).catch(() => {});
-  await Deno.mkdir(dir, { recursive: true });
-  const db = `${dir}/db`, replica = `${dir}/replica`;
-  await createDb(db);
-  const rep = new Replicator(tools, tool, [db, `file://${replica}`], `${dir}/replicate.log`);
-  try {
-    await waitReady(rep, replica);
-    await sleep(500);
-    progress(`9: ${tool} replicating ${commits} commits ${gapMs} ms apart`);
-    await using w = new Writer(db);
-    await w.init();
-    for (let k = 1; k <= commits; k++) {
-      await w.exec(insertRowSql(k));
-      await sleep(gapMs);
-    }
-    await rep.waitForMarker(replica, commits, `${tool}'s replica to hold the last commit`);
-    await sleep(1500);
-  } finally {
-    await rep.stop();
-  }
-  const fp = await sourceFingerprint(db);
-  await Deno.remove(db);
-  return await saveBuilt(dir, { replica, ...fp });
+  return buildReplica(tools, tool, dir, {
+    load: async (db, replica, rep) => {
+      progress(`9: ${tool} replicating ${commits} commits ${gapMs} ms apart`);
+      await using w = new Writer(db);
+      await w.init();
+      for (let k = 1; k <= commits; k++) {
+        await w.exec(insertRowSql(k));
+        await sleep(gapMs);
+      }
+      await rep.waitForMarker(replica, commits, `${tool}'s replica to hold the last commit`);
+    },
+  });
 }
 
 /** Builds (or reuses) `tool`'s replica of the large database: one snapshot. */
-async function buildSnapshotHeavy(
+function buildSnapshotHeavy(
   tools: ToolSet,
   tool: Tool,
   dir: string,
   bigMb: number,
 ): Promise<Built> {
-  const old = await cached(dir);
-  if (old) return old;
-  const src = await bigDb(`${REPO}/.bench`, bigMb);
-  await Deno.remove(dir, { recursive: true }).catch(() => {});
-  await Deno.mkdir(dir, { recursive: true });
-  const db = `${dir}/db`, replica = `${dir}/replica`;
-  await Deno.copyFile(src, db);
-  progress(`9: ${tool} snapshotting a ${bigMb} MiB database`);
-  const rep = new Replicator(tools, tool, [db, `file://${replica}`], `${dir}/replicate.log`);
-  try {
-    await waitReady(rep, replica);
-    await sleep(1500);
-  } finally {
-    await rep.stop();
-  }
-  const fp = await sourceFingerprint(db);
-  await Deno.remove(db);
-  return await saveBuilt(dir, { replica, ...fp });
+  return buildReplica(tools, tool, dir, {
+    source: async (db) => {
+      await Deno.copyFile(await bigDb(`${REPO}/.bench`, bigMb), db);
+      progress(`9: ${tool} snapshotting a ${bigMb} MiB database`);
+    },
+  });
 }
 
 /** The parts of tests/_s3_servers.ts used here. */
