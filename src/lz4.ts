@@ -557,6 +557,11 @@ export interface Lz4FrameReaderOptions {
   reserve?: number;
 }
 
+/** Bytes of a frame header whose FLG byte is `flg`: with a content size, with a dictionary ID. */
+function headerLength(flg: number): number {
+  return 7 + ((flg & 0x08) ? 8 : 0) + ((flg & 0x01) ? 4 : 0);
+}
+
 /**
  * Streaming parser of exactly one LZ4 frame down to its raw blocks: checks the header,
  * block sizes and block checksums, and rejects anything after the frame's end. Decoding
@@ -590,6 +595,35 @@ export class Lz4FrameReader {
     return this.#maxBlock;
   }
 
+  /**
+   * Bytes to feed before the frame's next part (header, block size, block, content checksum)
+   * is complete; 0 once the frame has ended. A caller that reads exactly this much each time
+   * feeds every block as one piece, which {@linkcode push} hands out without copying it.
+   */
+  get needed(): number {
+    const q = this.#q.length;
+    switch (this.#state) {
+      case "header":
+        return (q < 7 ? 7 : headerLength(this.#q.peekByte(4))) - q;
+      case "block":
+        return (q < 4 ? 4 : this.#blockEnd(this.#q.peekUint32(0))) - q;
+      case "checksum":
+        return this.#checksumBytes() - q;
+      default:
+        return 0;
+    }
+  }
+
+  /** Bytes of the block whose size word is `word`: the word, the block, its checksum. */
+  #blockEnd(word: number): number {
+    return 4 + ((word & ~STORED_BIT) >>> 0) + ((this.#flg & 0x10) !== 0 ? 4 : 0);
+  }
+
+  /** Bytes of the content checksum after the end mark. */
+  #checksumBytes(): number {
+    return (this.#flg & 0x04) !== 0 ? 4 : 0;
+  }
+
   /** Feeds encoded bytes; returns the blocks complete so far. */
   push(chunk: Uint8Array): Lz4RawBlock[] {
     if (this.#state === "done") {
@@ -615,12 +649,10 @@ export class Lz4FrameReader {
             `Cannot decode LZ4 frame: block of ${size} bytes exceeds ${this.#maxBlock}`,
           );
         }
-        const blockChecksum = (this.#flg & 0x10) !== 0 ? 4 : 0;
-        const end = 4 + size + blockChecksum;
-        if (this.#q.length < end) break;
+        if (this.#q.length < this.#blockEnd(word)) break;
         this.#q.take(4);
         const data = this.#q.take(size, this.#reserve);
-        if (blockChecksum) {
+        if ((this.#flg & 0x10) !== 0) {
           const want = this.#q.peekUint32(0);
           this.#q.take(4);
           if (xxh32(data) !== want) {
@@ -630,7 +662,7 @@ export class Lz4FrameReader {
         const last = this.#q.length >= 4 ? this.#q.peekUint32(0) === 0 : undefined;
         out.push({ data, stored: (word & STORED_BIT) !== 0, last });
       } else if (this.#state === "checksum") {
-        const need = (this.#flg & 0x04) !== 0 ? 4 : 0;
+        const need = this.#checksumBytes();
         if (this.#q.length < need) break;
         if (need) {
           this.#checksum = this.#q.peekUint32(0);
@@ -675,7 +707,7 @@ export class Lz4FrameReader {
       throw new SyntaxError(`Cannot decode LZ4 frame: bad magic 0x${magic.toString(16)}`);
     }
     const flg = this.#q.peekByte(4);
-    const len = 7 + ((flg & 0x08) ? 8 : 0) + ((flg & 0x01) ? 4 : 0);
+    const len = headerLength(flg);
     if (this.#q.length < len) return false;
     const h = this.#q.take(len);
     if ((flg >>> 6) !== 1) throw new SyntaxError("Cannot decode LZ4 frame: unsupported version");

@@ -530,59 +530,37 @@ async function* readChunks(stream: ReadableStream<Uint8Array>): AsyncGenerator<U
 }
 
 /**
- * Reads one LZ4 frame from `stream` in pieces cut where the frame's parts end (its header,
- * each block's size word, each block, then the rest), each in a buffer of its own that the
- * caller may {@linkcode release}: the frame reader then hands out every block as a view of
- * its piece instead of copying it together from {@linkcode readChunks}' chunks (20 ms of a
- * 100 MiB WAL restore). A stream that is not a byte stream, or a block larger than any valid
- * one, is read on in plain chunks (the frame reader then names what is wrong).
+ * Reads `stream` in pieces of the sizes `needed()` asks for, each in a buffer of its own that
+ * the caller may {@linkcode release}: with an LZ4 frame reader's {@linkcode
+ * Lz4FrameReader.needed}, a piece per part of the frame, so that every block reaches the
+ * reader whole and is handed on without being copied together from {@linkcode readChunks}'
+ * chunks (20 ms of a 100 MiB WAL restore). Where nothing is needed (the frame has ended),
+ * what follows is read in plain chunks for the reader to refuse. A stream that is not a byte
+ * stream is read by {@linkcode readChunks}.
  */
-async function* readLz4Parts(stream: ReadableStream<Uint8Array>): AsyncGenerator<Uint8Array> {
-  const byob = byobReader(stream);
-  if (!byob) {
+async function* readPieces(
+  stream: ReadableStream<Uint8Array>,
+  needed: () => number,
+): AsyncGenerator<Uint8Array> {
+  const reader = byobReader(stream);
+  if (!reader) {
     yield* readChunks(stream);
     return;
   }
-  const reader = byob;
-  /** Reads exactly `n` bytes into a new buffer; fewer only at the end of the stream. */
-  const read = async (n: number): Promise<Uint8Array> => {
-    let buf = new Uint8Array(n);
-    let got = 0;
-    while (got < n) {
-      // The read takes the buffer over and hands back a view of the same memory.
-      const { value, done } = await reader.read(buf.subarray(got));
-      if (value) buf = new Uint8Array(value.buffer, 0, n);
-      if (done || !value) break;
-      got += value.length;
-    }
-    return got === n ? buf : buf.subarray(0, got);
-  };
   try {
-    const head = await read(7);
-    if (head.length > 0) yield head;
-    if (head.length === 7) {
-      const flg = head[4];
-      const more = ((flg & 0x08) ? 8 : 0) + ((flg & 0x01) ? 4 : 0);
-      const rest = more > 0 ? await read(more) : new Uint8Array(0);
-      if (rest.length > 0) yield rest;
-      const blockChecksum = (flg & 0x10) ? 4 : 0;
-      while (rest.length === more) {
-        const word = await read(4);
-        if (word.length > 0) yield word;
-        if (word.length < 4) break;
-        const v = new DataView(word.buffer).getUint32(0, true);
-        const size = v & 0x7fffffff;
-        if (v === 0 || size > LZ4_BLOCK_SIZE) break; // the end mark, or corrupt
-        const block = await read(size + blockChecksum);
-        if (block.length > 0) yield block;
-        if (block.length < size + blockChecksum) break;
-      }
-    }
-    // The content checksum, and whatever follows where nothing should.
     for (;;) {
-      const { value, done } = await reader.read(new Uint8Array(64 << 10));
-      if (value && value.length > 0) yield value;
-      if (done) return;
+      const n = needed() || READ_CHUNK_BYTES;
+      let buf = new Uint8Array(n);
+      let got = 0;
+      while (got < n) {
+        // The read takes the buffer over and hands back a view of the same memory.
+        const { value, done } = await reader.read(buf.subarray(got));
+        if (value) buf = new Uint8Array(value.buffer, 0, n);
+        if (done || !value) break;
+        got += value.length;
+      }
+      if (got > 0) yield got === n ? buf : buf.subarray(0, got);
+      if (got < n) return;
     }
   } finally {
     await reader.cancel().catch(() => {});
@@ -651,7 +629,7 @@ async function applyWal(
         }
         try {
           const dec = new ReusingLz4Decoder(decoded);
-          for await (const chunk of releaseSpent(fetcher.take(i))) {
+          for await (const chunk of releaseSpent(fetcher.take(i, () => dec.needed))) {
             for (const block of dec.push(chunk)) applier.push(limit(block));
           }
           dec.finish();
@@ -711,8 +689,11 @@ class SegmentFetcher {
     this.#signal = signal;
   }
 
-  /** The stored bytes of segment `i`, whole or in chunks; call once per segment, in order. */
-  async *take(i: number): AsyncGenerator<Uint8Array> {
+  /**
+   * The stored bytes of segment `i`, whole or in the pieces `needed()` asks for (see
+   * {@linkcode readPieces}); call once per segment, in order.
+   */
+  async *take(i: number, needed: () => number): AsyncGenerator<Uint8Array> {
     // This segment is requested before the ones requested ahead: it is needed first.
     const got = this.#pending.get(i) ?? this.#request(this.#segs[i]);
     this.#pending.delete(i);
@@ -720,7 +701,7 @@ class SegmentFetcher {
     this.#prefetch();
     const bytes = await got;
     if (bytes instanceof Uint8Array) yield bytes;
-    else yield* readLz4Parts(bytes);
+    else yield* readPieces(bytes, needed);
   }
 
   /** Stops requesting ahead; streams opened ahead are cancelled, reads finish unheeded. */
@@ -820,6 +801,11 @@ class ReusingLz4Decoder {
   /** @param buf Receives each decoded block: {@linkcode MAX_DECODE_BUFFER_BYTES} long. */
   constructor(buf: Uint8Array) {
     this.#buf = buf;
+  }
+
+  /** Bytes to feed before the frame's next part is complete (see Lz4FrameReader.needed). */
+  get needed(): number {
+    return this.#reader.needed;
   }
 
   /** Feeds encoded bytes; yields the decoded blocks, each valid until the next is yielded. */

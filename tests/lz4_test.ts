@@ -14,6 +14,7 @@ import {
   lz4DecompressStream,
   Lz4FrameDecoder,
   Lz4FrameEncoder,
+  Lz4FrameReader,
   Xxh32,
   xxh32,
 } from "../src/lz4.ts";
@@ -321,6 +322,30 @@ Deno.test("lz4Decompress() decodes long matches overlapping their own output, ev
   assert.ok(frame.length < data.length / 4, "the runs were not compressed as matches");
   assertBytes(lz4Decompress(frame), data);
 });
+
+for (const args of [["-B4", "-BX", "--content-size"], ["-B5"]]) {
+  Deno.test(`Lz4FrameReader.needed cuts a frame at its parts (lz4 ${args.join(" ")})`, async () => {
+    const data = mixedBytes(600_000, 41);
+    const frame = await lz4Cli(args, data);
+    const reader = new Lz4FrameReader();
+    let at = 0, blocks = 0, decoded = 0;
+    for (let n = reader.needed; n > 0; n = reader.needed) {
+      const piece = frame.slice(at, at + n);
+      assert.equal(piece.length, n, `the frame holds the ${n} bytes needed at ${at}`);
+      at += n;
+      for (const b of reader.push(piece)) {
+        // A block fed as one piece is handed out as a view of it, not a copy.
+        assert.equal(b.data.buffer, piece.buffer);
+        blocks++;
+        decoded += b.stored ? b.data.length : blockDecodedSize(b.data);
+      }
+    }
+    assert.equal(at, frame.length, "needed is 0 exactly at the frame's end");
+    assert.equal(decoded, data.length);
+    assert.ok(blocks >= 3, `${blocks} blocks`);
+    reader.verify(xxh32(data), data.length);
+  });
+}
 
 Deno.test("lz4Decompress() accepts an empty stored block, as liblz4 does", async () => {
   const empty = lz4Compress(new Uint8Array(0));
