@@ -3,11 +3,29 @@ import { blobs, dump, openTestDb, tempDir, Writer } from "./_helpers.ts";
 import { restore } from "../src/restore.ts";
 import { collect, sortedSnapshots, sortedWalSegments } from "../src/replica_client.ts";
 import { snapshotKey, walSegmentKey } from "../src/layout.ts";
+import { dirname } from "../src/internal/fs.ts";
 
 /** Sets an object's mtime back in time, as if it had been written `ageMs` ago. */
 async function age(path: string, ageMs: number): Promise<void> {
   const t = new Date(Date.now() - ageMs);
   await Deno.utime(path, t, t);
+}
+
+/**
+ * Writes rows of blobs, syncing with `sync` after each, until the database's WAL index is
+ * `index` (checkpoints move it on; `minCheckpointPageCount` should be small).
+ */
+async function writeUntilIndex(
+  w: Writer,
+  db: { pos(): { index: number } | undefined },
+  index: number,
+  sync: () => Promise<void>,
+): Promise<void> {
+  for (let i = 0; db.pos()!.index < index; i++) {
+    await w.exec(blobs(10));
+    await sync();
+    assert.ok(i < 50, "checkpoints advanced the index");
+  }
 }
 
 Deno.test("Replica.sync() starts a generation with the WAL first, then its snapshot", async () => {
@@ -45,11 +63,7 @@ Deno.test("Replica takes a new snapshot when the shadow WAL it needs is gone", a
   const gen = fx.db.generation!;
   await fx.replica.close();
   // The replica is stopped while the database goes through several WAL indexes.
-  for (let i = 0; fx.db.pos()!.index < 3; i++) {
-    await w.exec(blobs(10));
-    await fx.db.sync();
-    assert.ok(i < 50, "checkpoints advanced the index");
-  }
+  await writeUntilIndex(w, fx.db, 3, () => fx.db.sync());
   const index = fx.db.pos()!.index;
   // A closed replica holds no shadow file back: the Db may have removed it already.
   await Deno.remove(fx.db.shadowWalPath(gen, 0)).catch((err) => {
@@ -215,19 +229,14 @@ Deno.test("Db removes the shadow WAL files every replica has moved past, index a
   const gen = fx.db.generation!;
   const shadowFiles = async () => {
     const names: string[] = [];
-    for await (const e of Deno.readDir(dirOf(fx.db.shadowWalPath(gen, 0)))) names.push(e.name);
+    for await (const e of Deno.readDir(dirname(fx.db.shadowWalPath(gen, 0)))) names.push(e.name);
     return names.sort();
   };
   // Each round's checkpoints move the index on; the replica ships it; the Db then keeps the
   // replica's file and the one before it, whatever the index (a cleaning that ran once must
   // run again once the replicas move further).
   for (let round = 0; round < 4; round++) {
-    const from = fx.db.pos()!.index;
-    for (let i = 0; fx.db.pos()!.index < from + 2; i++) {
-      await w.exec(blobs(10));
-      await fx.sync();
-      assert.ok(i < 50, "checkpoints advanced the index");
-    }
+    await writeUntilIndex(w, fx.db, fx.db.pos()!.index + 2, () => fx.sync());
     // The Db cleans after a sync that copied something, once the replica said where it is.
     await w.exec("INSERT INTO t (v) VALUES ('x')");
     await fx.sync();
@@ -238,7 +247,3 @@ Deno.test("Db removes the shadow WAL files every replica has moved past, index a
     assert.ok(kept.includes(fx.db.shadowWalPath(gen, index).split("/").pop()!));
   }
 });
-
-function dirOf(path: string): string {
-  return path.slice(0, path.lastIndexOf("/"));
-}
