@@ -35,6 +35,7 @@ import {
   Replicator,
   REPO,
   runChecked,
+  runMeasured,
   runTimed,
   type Tool,
   toolArgv,
@@ -43,7 +44,7 @@ import {
 } from "./tools.ts";
 import { bigDb, bigTxnSql, createDb, insertRowSql, runInsertScript, Writer } from "./sqlite.ts";
 import { fileReplica, s3Replica, writeReplicateConfig } from "./config.ts";
-import { clkTck, exists, fmt, median, print, progress, sleep, type TableRow } from "./util.ts";
+import { clkTck, fmt, median, print, progress, sleep, type TableRow } from "./util.ts";
 import { FileReplicaClient } from "../../src/clients/file.ts";
 import { S3ReplicaClient, type S3ReplicaClientOptions } from "../../src/clients/s3.ts";
 import { collect } from "../../src/replica_client.ts";
@@ -95,7 +96,6 @@ export interface RestoreWalResult {
 }
 
 const MIB = 1024 * 1024;
-const TIME_BIN = "/usr/bin/time";
 
 /** A built replica and the sha256 its restores must have. */
 interface Built {
@@ -284,11 +284,9 @@ async function readAllStream(s: ReadableStream<Uint8Array>): Promise<Uint8Array>
   return new Uint8Array(await new Response(s).arrayBuffer());
 }
 
-let hasTimeBin: boolean | undefined;
-
 /**
- * Runs one restore into `out` under `/usr/bin/time`, checks the output's sha256 and
- * removes it. CPU and RSS are NaN when `/usr/bin/time` is missing.
+ * Runs one restore into `out` under `/usr/bin/time` ({@linkcode runMeasured}), checks the
+ * output's sha256 and removes it. CPU and RSS are NaN when `/usr/bin/time` is missing.
  */
 async function timedRestore(
   tools: ToolSet,
@@ -297,38 +295,19 @@ async function timedRestore(
   out: string,
   want: string,
 ): Promise<RestoreMeasure> {
-  hasTimeBin ??= await exists(TIME_BIN);
   const argv = toolArgv(tools, tool, "restore", ["-o", out, ...args]);
-  const stats = `${out}.time`;
   await runChecked({ cmd: "sync", args: [] });
   await sleep(100);
-  const r = await runTimed(
-    hasTimeBin
-      ? {
-        cmd: TIME_BIN,
-        args: ["-f", "%U %S %M", "-o", stats, argv.cmd, ...argv.args],
-        cwd: argv.cwd,
-      }
-      : argv,
-  );
+  const r = await runMeasured(argv);
   if (!r.success) {
     throw new Error(`${tool} restore ${args.join(" ")} failed: ${r.stderr.trim().slice(-1500)}`);
-  }
-  let cpuSeconds = NaN, peakRssMb = NaN;
-  if (hasTimeBin) {
-    const [u, s, kb] = (await Deno.readTextFile(stats)).trim().split("\n").pop()!.split(" ").map(
-      Number,
-    );
-    cpuSeconds = u + s;
-    peakRssMb = kb / 1024;
-    await Deno.remove(stats);
   }
   const got = await sha256(out);
   if (got !== want) {
     throw new Error(`${tool} restore ${args.join(" ")}: output differs from the source`);
   }
   for (const p of [out, `${out}-wal`, `${out}-shm`]) await Deno.remove(p).catch(() => {});
-  return { wallSeconds: r.ms / 1000, cpuSeconds, peakRssMb };
+  return { wallSeconds: r.ms / 1000, cpuSeconds: r.cpuSeconds, peakRssMb: r.peakRssMb };
 }
 
 /** Builds the replicas and runs the restores; see the module doc. */

@@ -4,14 +4,11 @@
  *
  * @module
  */
-import { type TimedRun, track } from "./tools.ts";
-import { runChecked, runTimed } from "./tools.ts";
+import { type MeasuredRun, runChecked, runMeasured, track } from "./tools.ts";
 import { marker } from "./replica_watch.ts";
 import { exists, progress } from "./util.ts";
 
 const enc = new TextEncoder();
-/** GNU time, for a writer's CPU seconds. */
-const TIME_BIN = "/usr/bin/time";
 
 /** Filler stored with every benchmark row, so rows look like application data. */
 const PAYLOAD = "order=1234;customer=acme;status=shipped;note=benchmark row";
@@ -64,22 +61,12 @@ export async function runInsertScript(
   db: string,
   first: number,
   last: number,
-): Promise<TimedRun & { cpuSeconds: number }> {
+): Promise<MeasuredRun> {
   const lines = [".timeout 10000", ".bail on"];
   for (let k = first; k <= last; k++) lines.push(insertRowSql(k));
-  // The writer's own CPU (user + sys) through /usr/bin/time, written to a file of its own.
-  const timeFile = await Deno.makeTempFile({ prefix: "bench-writer-time-" });
-  try {
-    const r = await runTimed(
-      { cmd: TIME_BIN, args: ["-f", "%U %S", "-o", timeFile, "sqlite3", db] },
-      lines.join("\n") + "\n",
-    );
-    if (!r.success) throw new Error(`sqlite3 writer failed: ${r.stderr.trim()}`);
-    const [user, sys] = (await Deno.readTextFile(timeFile)).trim().split(/\s+/).map(Number);
-    return { ...r, cpuSeconds: user + sys };
-  } finally {
-    await Deno.remove(timeFile).catch(() => {});
-  }
+  const r = await runMeasured({ cmd: "sqlite3", args: [db] }, lines.join("\n") + "\n");
+  if (!r.success) throw new Error(`sqlite3 writer failed: ${r.stderr.trim()}`);
+  return r;
 }
 
 /**

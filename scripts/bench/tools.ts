@@ -270,6 +270,48 @@ export async function runTimed(
   }
 }
 
+/** Result of {@linkcode runMeasured}: {@linkcode TimedRun} plus the process's own usage. */
+export interface MeasuredRun extends TimedRun {
+  /** utime + stime, s (10 ms resolution); NaN without GNU time. */
+  cpuSeconds: number;
+  /** Peak RSS (maxrss), MiB; NaN without GNU time. */
+  peakRssMb: number;
+}
+
+/** GNU time, which reports a child's CPU and peak RSS. */
+const TIME_BIN = "/usr/bin/time";
+let hasTimeBin: boolean | undefined;
+
+/**
+ * {@linkcode runTimed} under `/usr/bin/time`, which writes the process's CPU and peak RSS
+ * to a file of its own (the process's output stays its own); both NaN where GNU time is
+ * missing.
+ */
+export async function runMeasured(
+  argv: { cmd: string; args: string[]; cwd?: string },
+  stdin?: string,
+): Promise<MeasuredRun> {
+  hasTimeBin ??= await Deno.stat(TIME_BIN).then(() => true, () => false);
+  if (!hasTimeBin) return { ...await runTimed(argv, stdin), cpuSeconds: NaN, peakRssMb: NaN };
+  const stats = await Deno.makeTempFile({ prefix: "bench-time-" });
+  try {
+    const r = await runTimed(
+      {
+        cmd: TIME_BIN,
+        args: ["-f", "%U %S %M", "-o", stats, argv.cmd, ...argv.args],
+        cwd: argv.cwd,
+      },
+      stdin,
+    );
+    // The last line: GNU time writes a note above it when the process failed.
+    const line = (await Deno.readTextFile(stats)).trim().split("\n").pop() ?? "";
+    const [u, s, kb] = line.split(" ").map(Number);
+    return { ...r, cpuSeconds: u + s, peakRssMb: kb / 1024 };
+  } finally {
+    await Deno.remove(stats).catch(() => {});
+  }
+}
+
 /** Runs `argv`, throwing with its stderr if it fails. */
 export async function runChecked(
   argv: { cmd: string; args: string[]; cwd?: string },
