@@ -4,7 +4,7 @@
  * @module
  */
 import type { Config, DbConfig, ReplicaConfig } from "../config.ts";
-import { replicaConfigFromUrl } from "../replica_url.ts";
+import { replicaConfigFromUrl, URL_REGEXP } from "../replica_url.ts";
 import { newReplicaClient } from "../clients/mod.ts";
 import type { ReplicaClient } from "../replica_client.ts";
 import { UsageError } from "../errors.ts";
@@ -26,7 +26,7 @@ export const CONFIG_FLAGS = {
 
 /** A positional argument is a replica URL if it has a scheme, as in v0.3.13. */
 export function isUrl(arg: string): boolean {
-  return /^\w+:\/\//.test(arg);
+  return URL_REGEXP.test(arg);
 }
 
 /**
