@@ -375,6 +375,28 @@ export function lz4Compress(data: Uint8Array): Uint8Array {
   return concat(parts);
 }
 
+/**
+ * One frame of the contents of `frames`, in order, each made by {@linkcode lz4Compress}: their
+ * blocks are copied, not decoded or encoded again. Blocks of separate frames reference
+ * nothing before their own frame, so each decodes the same in the joined one (its blocks are
+ * then shorter than the block size, which the format allows anywhere). `checksum` is the
+ * xxHash32 of the joined contents (the frames' own checksums cannot be combined into it).
+ *
+ * @throws {SyntaxError} If a part does not start with our frame header or end with an end mark.
+ */
+export function joinLz4Frames(frames: Uint8Array[], checksum: number): Uint8Array {
+  const header = frameHeader();
+  const parts = [header];
+  for (const f of frames) {
+    const ok = f.length >= header.length + 8 && header.every((b, i) => f[i] === b) &&
+      new DataView(f.buffer, f.byteOffset, f.byteLength).getUint32(f.length - 8, true) === 0;
+    if (!ok) throw new SyntaxError("Cannot join LZ4 frames: a part is not a frame written here");
+    parts.push(f.subarray(header.length, f.length - 8));
+  }
+  parts.push(frameTrailer(checksum));
+  return concat(parts);
+}
+
 function frameHeader(): Uint8Array {
   const h = new Uint8Array(7);
   new DataView(h.buffer).setUint32(0, LZ4_FRAME_MAGIC, true);

@@ -12,8 +12,15 @@ import {
   type SnapshotInfo,
   sortedSnapshots,
   sortedWalSegments,
+  type WalSegmentInfo,
 } from "./replica_client.ts";
-import { lz4Compress, lz4CompressReader, lz4DecompressStream } from "./lz4.ts";
+import {
+  joinLz4Frames,
+  lz4Compress,
+  lz4CompressReader,
+  lz4DecompressStream,
+  Xxh32,
+} from "./lz4.ts";
 import { delay, Mutex, type Wakeup } from "./internal/delay.ts";
 import { Scratch } from "./internal/bytes.ts";
 import { FailureLog } from "./internal/failure_log.ts";
@@ -47,6 +54,41 @@ const RETRY_MAX_MS = 10_000;
  */
 const IN_MEMORY_SEGMENT_BYTES = 1 << 20;
 
+/**
+ * With the default sync interval of a file replica (20 ms), segments of one WAL index uploaded
+ * within this long of the first of them are merged into one once the time is up: each commit
+ * is shipped within milliseconds, yet a steady writer leaves one segment a second, as with
+ * v0.3.13 at its default interval, instead of up to 50, each an object to list, open and read
+ * at every restore. A restore to a timestamp is then as fine-grained as with v0.3.13's
+ * default: a second. A `sync-interval` set by the user is taken as the granularity wanted:
+ * each upload stays a segment, as with v0.3.13.
+ */
+export const DEFAULT_MERGE_WINDOW_MS = 1_000;
+
+/**
+ * A run of segments is merged only while it holds at most this many WAL bytes (kept
+ * compressed in memory until then); past that, segments are large enough on their own.
+ */
+const MERGE_MAX_BYTES = IN_MEMORY_SEGMENT_BYTES;
+
+/** Segments one replica uploaded in a row, in one WAL index, not merged yet. */
+interface SegmentRun {
+  generation: string;
+  index: number;
+  /** Where its first segment starts. */
+  offset: number;
+  /** Where its last segment ends. */
+  end: number;
+  /** Where the segments after the first start: deleted once the merged one is stored. */
+  later: number[];
+  /** Each segment's LZ4 frame, as uploaded. */
+  frames: Uint8Array[];
+  /** xxHash32 of the WAL bytes from `offset` to `end`: the merged frame's checksum. */
+  hash: Xxh32;
+  /** When its first segment was uploaded (`performance.now()`). */
+  startedAt: number;
+}
+
 /** Options of {@linkcode Replica}. */
 export interface ReplicaOptions {
   /** Unique per database. @default {the client's type} */
@@ -62,6 +104,12 @@ export interface ReplicaOptions {
   retentionCheckIntervalMs?: number;
   /** Take a snapshot this often when the database changed; 0 disables. @default {0} */
   snapshotIntervalMs?: number;
+  /**
+   * Merge the segments of a WAL index uploaded within this long into one; 0 never merges.
+   * @default {DEFAULT_MERGE_WINDOW_MS when `syncIntervalMs` is not set and the client's
+   * default interval is shorter, else 0}
+   */
+  mergeWindowMs?: number;
   /**
    * Restore the replica this often and compare it with the database; 0 disables.
    * @default {0}
@@ -97,6 +145,7 @@ export class Replica implements AsyncDisposable {
   readonly retentionCheckIntervalMs: number;
   readonly snapshotIntervalMs: number;
   readonly validationIntervalMs: number;
+  readonly mergeWindowMs: number;
   readonly metrics: ReplicaMetrics;
   readonly log: Logger;
 
@@ -108,6 +157,7 @@ export class Replica implements AsyncDisposable {
   #loops: Promise<void>[] = [];
   #wake?: Wakeup;
   #scratch = new Scratch(IN_MEMORY_SEGMENT_BYTES); // one small segment, never held across an await
+  #run?: SegmentRun;
 
   constructor(db: ReplicaSource, client: ReplicaClient, options: ReplicaOptions = {}) {
     this.db = db;
@@ -122,6 +172,10 @@ export class Replica implements AsyncDisposable {
     );
     this.snapshotIntervalMs = options.snapshotIntervalMs ?? 0;
     this.validationIntervalMs = options.validationIntervalMs ?? 0;
+    this.mergeWindowMs = options.mergeWindowMs ??
+      (options.syncIntervalMs === undefined && this.syncIntervalMs < DEFAULT_MERGE_WINDOW_MS
+        ? DEFAULT_MERGE_WINDOW_MS
+        : 0);
     this.log = (options.logger ?? silentLogger).with({ db: db.path, replica: this.name });
     this.metrics = newReplicaMetrics(db.path, this.name);
   }
@@ -165,8 +219,11 @@ export class Replica implements AsyncDisposable {
     return this.#lock.run(() => this.#sync(options));
   }
 
-  /** With `batch` (the monitor loop), at most one segment per WAL index and call. */
-  async #sync(options: CallOptions, batch = false): Promise<void> {
+  /**
+   * With `batch` (the monitor loop), at most one segment per WAL index and call. Merges the
+   * current run of segments when its window is over, or at once with `mergeNow`.
+   */
+  async #sync(options: CallOptions, batch = false, mergeNow = false): Promise<void> {
     const dpos = this.db.pos();
     if (!dpos) return;
     try {
@@ -183,9 +240,13 @@ export class Replica implements AsyncDisposable {
         this.log.warn("shadow wal missing; taking a new snapshot", { error: describeError(err) });
         await this.#snapshotLocked(options);
       }
+      const due = this.#mergeDueIn();
+      if (due !== undefined && (mergeNow || due <= 0)) await this.#mergeRun(options);
     } catch (err) {
-      // Recompute the position from the store next time: never assume a write landed.
+      // Recompute the position from the store next time: never assume a write landed. (That
+      // also finishes a merge this left halfway: see #indexEnd.)
       this.#pos = undefined;
+      this.#run = undefined;
       this.metrics.syncErrorCount++;
       throw err;
     }
@@ -206,12 +267,9 @@ export class Replica implements AsyncDisposable {
     if (segments.length === 0) {
       pos = { generation: gen, index: maxSnap.index, offset: 0 };
     } else {
-      const last = segments[segments.length - 1];
-      pos = {
-        generation: gen,
-        index: last.index,
-        offset: last.offset + await this.#decodedLength(last, options),
-      };
+      const index = segments[segments.length - 1].index;
+      const offset = await this.#indexEnd(segments.filter((s) => s.index === index), options);
+      pos = { generation: gen, index, offset };
     }
     // The store cannot be ahead of our own shadow WAL for the same generation.
     if (pos.index > dpos.index || (pos.index === dpos.index && pos.offset > dpos.offset)) {
@@ -239,9 +297,33 @@ export class Replica implements AsyncDisposable {
   async #storeEnd(generation: string, index: number, options: CallOptions): Promise<number> {
     const segs = (await sortedWalSegments(this.client, generation, options))
       .filter((s) => s.index === index);
+    return await this.#indexEnd(segs, options);
+  }
+
+  /**
+   * Where the stored segments `segs` of one WAL index (sorted by offset) end, 0 if none. First
+   * finishes a merge (see #mergeRun) stopped between storing the merged segment and deleting
+   * the segments it covers: before anything is uploaded after them, since v0.3.13 would
+   * restore only up to such an overlap. The merged segment was written after all of those, so
+   * only segments stored no earlier than the last one are measured (usually none).
+   */
+  async #indexEnd(segs: WalSegmentInfo[], options: CallOptions): Promise<number> {
     const last = segs.at(-1);
     if (!last) return 0;
-    return last.offset + await this.#decodedLength(last, options);
+    const end = last.offset + await this.#decodedLength(last, options);
+    for (const seg of segs.slice(0, -1)) {
+      if (seg.createdAt < last.createdAt) continue;
+      const segEnd = seg.offset + await this.#decodedLength(seg, options);
+      if (segEnd < end) continue;
+      const covered = segs.filter((s) => s.offset > seg.offset);
+      await this.client.deleteWalSegments(covered, options);
+      this.log.info("interrupted merge of wal segments finished", {
+        pos: formatPos(seg),
+        deleted: covered.length,
+      });
+      return segEnd;
+    }
+    return end;
   }
 
   /** Decoded size of a stored segment, streamed (a segment may hold a huge transaction). */
@@ -286,10 +368,38 @@ export class Replica implements AsyncDisposable {
       const size = end - pos.offset;
       if (size <= IN_MEMORY_SEGMENT_BYTES) {
         this.#scratch.reset();
-        const raw = this.db.shadow.read(pos.generation, pos.index, pos.offset, this.#scratch);
+        const raw = this.db.shadow.read(pos.generation, pos.index, pos.offset, this.#scratch)
+          .subarray(0, size);
         // lz4Compress copies what it keeps: the scratch is free again once it returns.
-        await this.client.writeWalSegment(pos, lz4Compress(raw.subarray(0, size)), options);
+        const frame = lz4Compress(raw);
+        const joins = this.#joinsRun(pos, size);
+        const hash = joins
+          ? this.#run!.hash.update(raw)
+          : this.mergeWindowMs > 0
+          ? new Xxh32().update(raw)
+          : undefined;
+        // The run ends before anything after it is stored (see #mergeRun).
+        if (!joins) await this.#mergeRun(options);
+        await this.client.writeWalSegment(pos, frame, options);
+        if (joins) {
+          const run = this.#run!;
+          run.later.push(pos.offset);
+          run.frames.push(frame);
+          run.end = end;
+        } else if (hash) {
+          this.#run = {
+            generation: pos.generation,
+            index: pos.index,
+            offset: pos.offset,
+            end,
+            later: [],
+            frames: [frame],
+            hash,
+            startedAt: t0,
+          };
+        }
       } else {
+        await this.#mergeRun(options);
         await this.client.writeWalSegment(pos, this.#shadowStream(pos, end), options);
       }
       this.#pos = { ...pos, offset: end };
@@ -301,6 +411,47 @@ export class Replica implements AsyncDisposable {
         elapsedMs: Math.round(performance.now() - t0),
       });
     }
+  }
+
+  /** Whether a segment at `pos` of `size` bytes continues the current run. */
+  #joinsRun(pos: Pos, size: number): boolean {
+    const run = this.#run;
+    return !!run && run.generation === pos.generation && run.index === pos.index &&
+      run.end === pos.offset && pos.offset + size - run.offset <= MERGE_MAX_BYTES &&
+      performance.now() - run.startedAt < this.mergeWindowMs;
+  }
+
+  /** Milliseconds until the current run is due to be merged; none without a run to merge. */
+  #mergeDueIn(): number | undefined {
+    const run = this.#run;
+    if (!run || run.later.length === 0) return undefined;
+    return run.startedAt + this.mergeWindowMs - performance.now();
+  }
+
+  /**
+   * Ends the current run: stores its segments as one in place of the first (one LZ4 frame of
+   * their blocks, see joinLz4Frames) and deletes the others. Each store replaces an object
+   * atomically and the merged segment holds exactly the bytes of the run, so a restore at any
+   * moment finds the run, or the merged segment and, until the deletions land, segments it
+   * covers. Our restore skips those; v0.3.13's writes them after it into the WAL file, where
+   * SQLite's checksum chain ends the WAL at the merged segment's end. That end is the WAL's
+   * end: nothing is uploaded after the run before its deletions land (#indexEnd finishes an
+   * interrupted merge first).
+   */
+  async #mergeRun(options: CallOptions): Promise<void> {
+    const run = this.#run;
+    this.#run = undefined;
+    if (!run || run.later.length === 0) return;
+    const first = { generation: run.generation, index: run.index, offset: run.offset };
+    const t0 = performance.now();
+    await this.client.writeWalSegment(first, joinLz4Frames(run.frames, run.hash.digest()), options);
+    await this.client.deleteWalSegments(run.later.map((offset) => ({ ...first, offset })), options);
+    this.log.debug("wal segments merged", {
+      pos: formatPos(first),
+      segments: run.later.length + 1,
+      bytes: run.end - run.offset,
+      elapsedMs: Math.round(performance.now() - t0),
+    });
   }
 
   /** The LZ4 frame of shadow file `pos.index` from `pos.offset` to `end`, as a stream. */
@@ -382,6 +533,8 @@ export class Replica implements AsyncDisposable {
   async enforceRetention(options: CallOptions = {}): Promise<void> {
     if (this.retentionMs <= 0) return;
     await this.#lock.run(async () => {
+      // A run merged later could store a segment retention just deleted.
+      await this.#mergeRun(options);
       const dpos = this.db.pos();
       const cutoff = Date.now() - this.retentionMs;
       for (const gen of await this.client.generations(options)) {
@@ -476,7 +629,7 @@ export class Replica implements AsyncDisposable {
       // After a failure, wait the backoff out even while commits keep arriving: retrying on
       // each commit would hammer a store that is down, and log an error per commit.
       if (backoff > 0) await delay(backoff, { signal }).catch(() => {});
-      else await this.#wake!.wait(undefined, signal);
+      else await this.#wake!.wait(this.#mergeDueIn(), signal);
       if (signal.aborted) break;
       const wait = last + this.syncIntervalMs - performance.now();
       if (wait > 0) await delay(wait, { signal }).catch(() => {});
@@ -516,7 +669,7 @@ export class Replica implements AsyncDisposable {
     await Promise.all(this.#loops);
     this.#loops = [];
     if (this.#wake) this.db.unsubscribe(this.#wake);
-    await this.sync();
+    await this.#lock.run(() => this.#sync({}, false, true));
     this.db.setReplicaPos(this.name, undefined); // no longer holds shadow files back
   }
 

@@ -616,27 +616,44 @@ async function applyWal(
         : Infinity;
       const limit = (chunk: Uint8Array) =>
         chunk.subarray(0, Math.max(0, Math.min(chunk.length, stopAt - applier.length)));
+      let stored = 0; // where the segments so far end (applied up to stopAt)
       for (; i < segs.length && segs[i].index === idx; i++) {
         const seg = segs[i];
-        if (seg.offset !== applier.length) {
+        if (seg.offset > stored) {
           throw new ReplicaIntegrityError(
-            seg.offset > applier.length
-              ? `Replica is missing WAL bytes ${applier.length}..${seg.offset} of index ${
-                hex8(idx)
-              } in generation "${target.generation}" (before ${segName(seg)})`
-              : `WAL segment ${segName(seg)} overlaps the previous segment`,
+            `Replica is missing WAL bytes ${stored}..${seg.offset} of index ${
+              hex8(idx)
+            } in generation "${target.generation}" (before ${segName(seg)})`,
           );
         }
+        // A segment starting inside what was applied must lie wholly inside it: a merge of
+        // segments into one (src/replica.ts) stores the merged one, then deletes the ones it
+        // covers, which a restore in between still lists. Anything else is an overlap.
+        const covered = seg.offset < stored;
+        let decodedLength = 0;
         try {
           const dec = new ReusingLz4Decoder(decoded);
           for await (const chunk of releaseSpent(fetcher.take(i, () => dec.needed))) {
-            for (const block of dec.push(chunk)) applier.push(limit(block));
+            for (const block of dec.push(chunk)) {
+              decodedLength += block.length;
+              if (!covered) applier.push(limit(block));
+            }
           }
           dec.finish();
         } catch (err) {
           // A bad frame may show before the LZ4 checksum does: name the segment either way.
           if (!(err instanceof SyntaxError || err instanceof ReplicaIntegrityError)) throw err;
           throw new ReplicaIntegrityError(`WAL segment ${segName(seg)} is corrupt`, { cause: err });
+        }
+        if (!covered) stored = seg.offset + decodedLength;
+        else if (seg.offset + decodedLength > stored) {
+          throw new ReplicaIntegrityError(
+            `WAL segment ${segName(seg)} overlaps the previous segment`,
+          );
+        } else {
+          log.warn("skipped a wal segment an earlier one covers (a merge not finished)", {
+            segment: segName(seg),
+          });
         }
       }
       if (stopAt !== Infinity && applier.length < stopAt) {

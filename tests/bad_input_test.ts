@@ -857,7 +857,8 @@ function makeBase(): Promise<{ dir: string; gen: string }> {
         Deno.removeSync(dir, { recursive: true });
       } catch { /* gone */ }
     });
-    await using fx = await openTestDb(dir, { minCheckpointPageCount: 20 });
+    // Several segments per index (unmerged), as v0.3.13 leaves them.
+    await using fx = await openTestDb(dir, { minCheckpointPageCount: 20 }, { mergeWindowMs: 0 });
     await using w = new Writer(fx.path);
     await fx.sync();
     for (let i = 0; fx.db.pos()!.index < 3; i++) {

@@ -484,7 +484,7 @@ Deno.test("replicate DB file://DIR under a sqlite3 writer", async (t) => {
       assert.equal(r.code, 0, r.stderr);
       const { header, rows } = parseTable(r.stdout);
       assert.deepEqual(header, ["replica", "generation", "index", "offset", "size", "created"]);
-      assert.ok(rows.length >= 2, r.stdout);
+      assert.ok(rows.length >= 1, r.stdout);
       for (const [name, g, index, offset, size, created] of rows) {
         assert.deepEqual([name, g], ["file", gen]);
         const hex = (n: string) => Number(n).toString(16).padStart(8, "0");

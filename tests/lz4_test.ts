@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import {
   blockDecodedSize,
+  joinLz4Frames,
   LZ4_BLOCK_SIZE,
   LZ4_FRAME_MAGIC,
   lz4Compress,
@@ -196,6 +197,31 @@ for (const [name, make, blocks] of ROUND_TRIPS) {
     assertBytes(await lz4CliDecode(frame), data, "lz4 -d");
   });
 }
+
+Deno.test("joinLz4Frames() makes one frame of the parts' contents, read by lz4 -d too", async () => {
+  // Compressible, incompressible (a stored block), empty, and a part of two blocks.
+  const parts = [
+    mixedBytes(5000, 7),
+    randomBytes(3000, 8),
+    new Uint8Array(0),
+    mixedBytes(4 * MIB + 100, 9),
+    new Uint8Array(20000),
+  ];
+  const whole = concatBytes(...parts);
+  const joined = joinLz4Frames(parts.map((p) => lz4Compress(p)), xxh32(whole));
+  const info = parseFrame(joined);
+  assert.equal(info.flg, 0x64);
+  assert.equal(info.bd, 0x70);
+  assert.equal(info.blocks.length, 5); // the empty part has no block
+  assertBytes(lz4Decompress(joined), whole, "lz4Decompress");
+  assertBytes(await lz4CliDecode(joined), whole, "lz4 -d");
+  // The checksum is the caller's: a wrong one makes a frame that fails to decode.
+  const bad = joinLz4Frames(parts.map((p) => lz4Compress(p)), xxh32(whole) ^ 1);
+  assert.throws(() => lz4Decompress(bad), SyntaxError);
+  const frame = lz4Compress(parts[0]);
+  assert.throws(() => joinLz4Frames([frame.subarray(0, frame.length - 4)], 0), SyntaxError);
+  assert.throws(() => joinLz4Frames([frame.subarray(1)], 0), SyntaxError);
+});
 
 Deno.test("lz4Compress() ends an empty frame like the lz4 CLI: end mark, xxh32 of nothing", async () => {
   const ours = lz4Compress(new Uint8Array(0));

@@ -1,9 +1,28 @@
 import assert from "node:assert/strict";
-import { blobs, dump, openTestDb, tempDir, Writer } from "./_helpers.ts";
+import { blobs, dump, openTestDb, tempDir, waitFor, Writer } from "./_helpers.ts";
+import { ok, runOracle } from "./_daemon.ts";
 import { restore } from "../src/restore.ts";
-import { collect, sortedSnapshots, sortedWalSegments } from "../src/replica_client.ts";
+import { Replica } from "../src/replica.ts";
+import type { FileReplicaClient } from "../src/clients/file.ts";
+import { lz4DecompressStream } from "../src/lz4.ts";
+import type { Pos } from "../src/pos.ts";
+import {
+  type Body,
+  type CallOptions,
+  collect,
+  readAll,
+  type ReplicaClient,
+  type SnapshotKey,
+  sortedSnapshots,
+  sortedWalSegments,
+} from "../src/replica_client.ts";
 import { snapshotKey, walSegmentKey } from "../src/layout.ts";
 import { dirname } from "../src/internal/fs.ts";
+
+function samePos(a: Pos | undefined, b: Pos | undefined): boolean {
+  return !!a && !!b && a.generation === b.generation && a.index === b.index &&
+    a.offset === b.offset;
+}
 
 /** Sets an object's mtime back in time, as if it had been written `ageMs` ago. */
 async function age(path: string, ageMs: number): Promise<void> {
@@ -165,7 +184,8 @@ Deno.test("FileReplicaClient removes .tmp files a killed writer left behind", as
 
 Deno.test("Replica snapshots after an interrupted start without re-uploading overlapping WAL", async () => {
   await using dir = await tempDir();
-  await using fx = await openTestDb(dir.path);
+  // Unmerged: the segments the restart must not upload again stay as they were.
+  await using fx = await openTestDb(dir.path, {}, { mergeWindowMs: 0 });
   await using w = new Writer(fx.path);
   await fx.sync();
   await w.exec("INSERT INTO t (v) VALUES ('second segment')");
@@ -246,4 +266,163 @@ Deno.test("Db removes the shadow WAL files every replica has moved past, index a
     assert.ok(kept.length <= 2, `round ${round}: index ${index}, kept ${kept.join(", ")}`);
     assert.ok(kept.includes(fx.db.shadowWalPath(gen, index).split("/").pop()!));
   }
+});
+
+// ---------------------------------------------------------------------------------------
+// Merging runs of segments
+
+/** What the real v0.3.13 restores from the file replica at `replica` (dumped). */
+async function oracleDump(replica: string, out: string): Promise<string> {
+  ok(await runOracle(["restore", "-o", out, `file://${replica}`]), "v0.3.13 restore");
+  return await dump(out);
+}
+
+/** The stored segments of one WAL index, as [offset, decoded length] pairs. */
+async function indexSegments(client: ReplicaClient, gen: string, index: number) {
+  const out: [number, number][] = [];
+  for (const s of await sortedWalSegments(client, gen)) {
+    if (s.index !== index) continue;
+    const bytes = await readAll(
+      (await client.openWalSegment(s)).pipeThrough(lz4DecompressStream()),
+    );
+    out.push([s.offset, bytes.length]);
+  }
+  return out;
+}
+
+/** A {@linkcode FileReplicaClient} whose `deleteWalSegments` fails while `failDeletes` is set. */
+class FailingDeletes implements ReplicaClient {
+  readonly type = "file";
+  failDeletes = false;
+  readonly #c: FileReplicaClient;
+  constructor(c: FileReplicaClient) {
+    this.#c = c;
+  }
+  get location() {
+    return this.#c.location;
+  }
+  generations(o?: CallOptions) {
+    return this.#c.generations(o);
+  }
+  snapshots(g: string, o?: CallOptions) {
+    return this.#c.snapshots(g, o);
+  }
+  writeSnapshot(k: SnapshotKey, d: Body, o?: CallOptions) {
+    return this.#c.writeSnapshot(k, d, o);
+  }
+  openSnapshot(k: SnapshotKey, o?: CallOptions) {
+    return this.#c.openSnapshot(k, o);
+  }
+  deleteSnapshot(k: SnapshotKey, o?: CallOptions) {
+    return this.#c.deleteSnapshot(k, o);
+  }
+  walSegments(g: string, o?: CallOptions) {
+    return this.#c.walSegments(g, o);
+  }
+  writeWalSegment(p: Pos, d: Body, o?: CallOptions) {
+    return this.#c.writeWalSegment(p, d, o);
+  }
+  openWalSegment(p: Pos, o?: CallOptions) {
+    return this.#c.openWalSegment(p, o);
+  }
+  deleteWalSegments(p: Pos[], o?: CallOptions) {
+    if (this.failDeletes) return Promise.reject(new Error("injected: delete failed"));
+    return this.#c.deleteWalSegments(p, o);
+  }
+  deleteGeneration(g: string, o?: CallOptions) {
+    return this.#c.deleteGeneration(g, o);
+  }
+}
+
+Deno.test("Replica merges a run of segments into one when it closes; both tools restore it", async () => {
+  await using dir = await tempDir();
+  // A window no test outlasts: the run is merged by close() only.
+  await using fx = await openTestDb(dir.path, {}, { mergeWindowMs: 600_000 });
+  await using w = new Writer(fx.path);
+  await fx.sync();
+  for (let i = 0; i < 6; i++) {
+    await w.exec(blobs(2, 700));
+    await fx.sync();
+  }
+  const gen = fx.db.generation!;
+  const index = fx.db.pos()!.index;
+  const before = await indexSegments(fx.client, gen, index);
+  assert.ok(before.length >= 7, `one segment per sync before the merge: ${before.length}`);
+  const end = before.at(-1)![0] + before.at(-1)![1];
+  const source = await dump(fx.path);
+  await fx.stop();
+  assert.deepEqual(await indexSegments(fx.client, gen, index), [[0, end]]);
+  await restore(fx.client, { outputPath: `${dir.path}/ours.db` });
+  assert.equal(await dump(`${dir.path}/ours.db`), source);
+  assert.equal(await oracleDump(fx.replicaPath, `${dir.path}/oracle.db`), source);
+});
+
+Deno.test("Replica merges a run once its window is over, with no commit after it", async () => {
+  await using dir = await tempDir();
+  // The window only has to outlast the five uploads below.
+  await using fx = await openTestDb(dir.path, {}, { mergeWindowMs: 1500 });
+  await using w = new Writer(fx.path);
+  fx.replica.open();
+  await fx.db.sync();
+  for (let i = 0; i < 5; i++) {
+    await waitFor(() => samePos(fx.replica.pos(), fx.db.pos()), 10_000, "upload");
+    await w.exec(blobs(1, 500));
+    await fx.db.sync(); // the replica's loop uploads each
+  }
+  await waitFor(() => samePos(fx.replica.pos(), fx.db.pos()), 10_000, "upload");
+  const gen = fx.db.generation!;
+  const { index, offset: end } = fx.db.pos()!;
+  await waitFor(
+    async () => (await indexSegments(fx.client, gen, index)).length === 1,
+    10_000,
+    "the segments merged",
+  );
+  assert.deepEqual(await indexSegments(fx.client, gen, index), [[0, end]]);
+  await restore(fx.client, { outputPath: `${dir.path}/ours.db` });
+  assert.equal(await dump(`${dir.path}/ours.db`), await dump(fx.path));
+});
+
+Deno.test("A merge stopped before its deletions: both tools restore, the next run finishes it first", async () => {
+  await using dir = await tempDir();
+  await using fx = await openTestDb(dir.path);
+  await using w = new Writer(fx.path);
+  const client = new FailingDeletes(fx.client);
+  const open = () => new Replica(fx.db, client, { retentionMs: 0, mergeWindowMs: 600_000 });
+  let rep = open();
+  const sync = async () => {
+    await fx.db.sync();
+    await rep.sync();
+  };
+  await sync();
+  for (let i = 0; i < 5; i++) {
+    await w.exec(blobs(2, 700));
+    await sync();
+  }
+  const gen = fx.db.generation!;
+  const index = fx.db.pos()!.index;
+  const end = fx.db.pos()!.offset;
+  client.failDeletes = true;
+  await assert.rejects(rep.close(), /injected/);
+  // The merged segment covers the ones it was to replace.
+  const left = await indexSegments(client, gen, index);
+  assert.deepEqual(left[0], [0, end]);
+  assert.ok(left.length > 2, `covered segments left: ${left.length}`);
+  const source = await dump(fx.path);
+  await restore(client, { outputPath: `${dir.path}/ours1.db` });
+  assert.equal(await dump(`${dir.path}/ours1.db`), source);
+  assert.equal(await oracleDump(fx.replicaPath, `${dir.path}/oracle1.db`), source);
+
+  // A new replicator finishes the merge before it uploads anything after it: v0.3.13 would
+  // otherwise restore only up to the covered segments (SQLite ends the WAL there).
+  client.failDeletes = false;
+  rep = open();
+  await w.exec(blobs(2, 700));
+  await sync();
+  const after = await indexSegments(client, gen, index);
+  assert.deepEqual(after.map(([o]) => o), [0, end]);
+  const latest = await dump(fx.path);
+  await rep.close();
+  await restore(client, { outputPath: `${dir.path}/ours2.db` });
+  assert.equal(await dump(`${dir.path}/ours2.db`), latest);
+  assert.equal(await oracleDump(fx.replicaPath, `${dir.path}/oracle2.db`), latest);
 });

@@ -7,7 +7,8 @@ import { walSegmentKey } from "../src/layout.ts";
 
 /** A replica with three WAL indexes (checkpoints at 30 pages) and several segments each. */
 async function threeIndexes(dir: string) {
-  const fx = await openTestDb(dir, { minCheckpointPageCount: 30 });
+  // Several segments per index (unmerged), as v0.3.13 leaves them.
+  const fx = await openTestDb(dir, { minCheckpointPageCount: 30 }, { mergeWindowMs: 0 });
   const w = new Writer(fx.path);
   const dumps: string[] = [];
   for (let i = 0; fx.db.pos()!.index < 2 || i < 6; i++) {
