@@ -688,15 +688,18 @@ export class Lz4FrameReader {
    * Checks that a whole frame was read and that the decoded content matches its content
    * checksum and size.
    *
-   * @param contentHash xxHash32 of the whole decoded content.
+   * @param contentHash xxHash32 of the whole decoded content; `undefined` when the caller
+   * validates the content by other means and did not hash it.
    * @param contentLength Length of the whole decoded content.
    * @throws {SyntaxError} If the frame is incomplete or the content does not match.
    */
-  verify(contentHash: number, contentLength: number): void {
+  verify(contentHash: number | undefined, contentLength: number): void {
     if (this.#state !== "done") {
       throw new SyntaxError("Cannot decode LZ4 frame: unexpected end of data");
     }
-    if (this.#checksum !== undefined && contentHash !== this.#checksum) {
+    if (
+      this.#checksum !== undefined && contentHash !== undefined && contentHash !== this.#checksum
+    ) {
       throw new SyntaxError("Cannot decode LZ4 frame: content checksum mismatch");
     }
     if (this.#contentSize !== undefined && this.#contentSize !== contentLength) {
