@@ -248,6 +248,27 @@ function buildSnapshotHeavy(
   });
 }
 
+/**
+ * Wall seconds to list every object of the replica under `client` and GET them all, 8 at a
+ * time, throwing the bytes away: what the store itself takes, the limit of a restore from it.
+ */
+async function getAllSeconds(client: S3ReplicaClient): Promise<number> {
+  const t0 = performance.now();
+  const opens: (() => Promise<ReadableStream<Uint8Array>>)[] = [];
+  for (const gen of await client.generations()) {
+    for await (const s of client.snapshots(gen)) opens.push(() => client.openSnapshot(s));
+    for await (const w of client.walSegments(gen)) opens.push(() => client.openWalSegment(w));
+  }
+  let next = 0;
+  const worker = async () => {
+    while (next < opens.length) {
+      for await (const _ of await opens[next++]()) { /* the bytes are not needed */ }
+    }
+  };
+  await Promise.all(Array.from({ length: 8 }, worker));
+  return (performance.now() - t0) / 1000;
+}
+
 /** The parts of tests/_s3_servers.ts used here. */
 interface S3Server extends AsyncDisposable {
   endpoint: string;
@@ -402,6 +423,7 @@ export async function runRestoreWalWorkload(
     },
   ];
   let server: S3Server | undefined;
+  const s3Limit: Partial<Record<Tool, number>> = {};
   try {
     if (o.s3) {
       const mod = await loadServers();
@@ -421,6 +443,9 @@ export async function runRestoreWalWorkload(
           const prefix = `w9/${tool}`;
           await using client = new S3ReplicaClient(server.clientOptions(prefix));
           await copyReplica(s3Shaped[tool].replica, client);
+          const times: number[] = [];
+          for (let i = 0; i < o.runs; i++) times.push(await getAllSeconds(client));
+          s3Limit[tool] = median(times);
           const path = `${o.dir}/w9-s3-${tool}.yml`;
           const db = `${o.dir}/w9-s3-${tool}.db`;
           await writeReplicateConfig(path, { db, replica: s3Replica(server, prefix) });
@@ -488,29 +513,44 @@ export async function runRestoreWalWorkload(
         digits: 1,
       });
     }
-    const trickleSegs: Record<Tool, number> = {} as Record<Tool, number>;
-    for (const tool of ["ours", "v0.3.13"] as const) {
-      const client = new FileReplicaClient(trickle[tool].replica);
-      let n = 0;
-      for (const gen of await client.generations()) {
-        n += (await collect(client.walSegments(gen))).length;
-      }
-      trickleSegs[tool] = n;
+    if (s3Limit.ours !== undefined) {
+      rows.push({
+        metric: "GET of every object from moto, 8 at a time, the limit (s)",
+        ours: s3Limit.ours,
+        theirs: s3Limit[v]!,
+        digits: 2,
+      });
     }
+    const segments = async (b: Record<Tool, Built>) => {
+      const out = {} as Record<Tool, number>;
+      for (const tool of ["ours", "v0.3.13"] as const) {
+        const client = new FileReplicaClient(b[tool].replica);
+        let n = 0;
+        for (const gen of await client.generations()) {
+          n += (await collect(client.walSegments(gen))).length;
+        }
+        out[tool] = n;
+      }
+      return out;
+    };
+    const trickleSegs = await segments(trickle);
+    const walSegs = await segments(wal);
     const range = (ms: RestoreMeasure[], k: keyof RestoreMeasure, d: number) =>
       `${fmt(Math.min(...ms.map((m) => m[k])), d)}–${fmt(Math.max(...ms.map((m) => m[k])), d)}`;
     const mib = fmt(wal.ours.bytes / MIB, 1);
     notes.push(
       `Restores: WAL-heavy = the first snapshot of a 1-row database, then ${o.commits} ` +
         `single-row commits and ${o.txnCount} × ${o.txnMb} MiB transactions (${mib} MiB), ` +
-        "each tool's replica written by its own replicate (ours holds more, smaller segments); " +
+        "each tool's replica written by its own replicate (segments: " +
+        `ours ${walSegs.ours}, v0.3.13 ${walSegs[v]}); ` +
         `trickle = ${o.trickleCommits} single-row commits from one long-lived \`sqlite3\`, ` +
         `${o.trickleGapMs} ms apart (segments: ours ${trickleSegs.ours}, v0.3.13 ${
           trickleSegs[v]
         }); ` +
         `snapshot-heavy = the ${o.bigMb} MiB database's first snapshot; S3 = the WAL-heavy file ` +
         "replicas copied into moto, ours built again with `sync-interval: 1s` (what our " +
-        "replicate uses for S3 by default; at 20 ms a replica holds ~10× the objects). " +
+        "replicate uses for S3 by default); the limit row GETs every object of each replica " +
+        "(listing included) from the bench process and throws the bytes away. " +
         `Median of ${o.runs} rounds, the two tools interleaved; every ` +
         "output equal to the source byte for byte (sha256). CPU = utime+stime, RSS = maxrss " +
         "(/usr/bin/time); ours includes Deno start-up and, unless said otherwise, " +
