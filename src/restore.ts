@@ -235,6 +235,9 @@ function checkSegmentsContinuity(gen: string, from: number, segments: WalSegment
   }
 }
 
+/** Restores tried when objects vanish between listing and reading them (see restore()). */
+const RESTORE_ATTEMPTS = 3;
+
 /**
  * Restores a database from `client` into `options.outputPath`, which must not exist.
  *
@@ -264,36 +267,49 @@ export async function restore(
   for (const path of await removeAbandonedRestores(dirname(out))) {
     log.info("removed files of an interrupted restore", { path });
   }
-  const target = options.target ?? await calcRestoreTarget(client, options);
-  const work = await claimWorkFiles(out);
-  const tmp = work.path;
+  let target = options.target ?? await calcRestoreTarget(client, options);
   const t0 = performance.now();
   let bytes = 0;
   let index = target.snapshot.index;
-  try {
-    log.info("restoring snapshot", {
-      generation: target.generation,
-      index: hex8(target.snapshot.index),
-    });
-    const pageSize = await writeSnapshot(client, target, tmp, signal);
-    using file = await Deno.open(tmp, { read: true, write: true });
-    const wal = await applyWal(client, target, file, pageSize, options);
-    bytes += wal.bytes;
-    index = wal.index ?? index;
-    // The check reads what the kernel holds while the data goes to disk; both must pass.
-    const synced = file.sync();
+  for (let attempt = 1;; attempt++) {
+    const work = await claimWorkFiles(out);
+    const tmp = work.path;
     try {
-      if (!options.skipIntegrityCheck) checkIntegrity(tmp);
+      log.info("restoring snapshot", {
+        generation: target.generation,
+        index: hex8(target.snapshot.index),
+      });
+      const pageSize = await writeSnapshot(client, target, tmp, signal);
+      using file = await Deno.open(tmp, { read: true, write: true });
+      const wal = await applyWal(client, target, file, pageSize, options);
+      bytes = wal.bytes;
+      index = wal.index ?? target.snapshot.index;
+      // The check reads what the kernel holds while the data goes to disk; both must pass.
+      const synced = file.sync();
+      try {
+        if (!options.skipIntegrityCheck) checkIntegrity(tmp);
+      } finally {
+        await synced;
+      }
+      file.close();
+      // link() fails if the output appeared meanwhile: we never replace a file.
+      await Deno.link(tmp, out);
+      await work.release();
+      await fsyncDir(dirname(out));
+      break;
+    } catch (err) {
+      // An object listed a moment ago can be gone: a replicator merged a run of segments into
+      // the first of them, or retention deleted it. Listing again finds what replaced it.
+      if (
+        !(err instanceof Deno.errors.NotFound) || attempt >= RESTORE_ATTEMPTS || signal?.aborted
+      ) throw err;
+      log.warn("an object of the replica vanished while restoring; listing it again", {
+        error: err.message,
+      });
+      target = await calcRestoreTarget(client, { ...options, generation: target.generation });
     } finally {
-      await synced;
+      await work.release();
     }
-    file.close();
-    // link() fails if the output appeared meanwhile: we never replace a file.
-    await Deno.link(tmp, out);
-    await work.release();
-    await fsyncDir(dirname(out));
-  } finally {
-    await work.release();
   }
   log.info("restored", {
     generation: target.generation,
@@ -646,6 +662,8 @@ async function applyWal(
           }
           dec.finish();
         } catch (err) {
+          // A covered segment may be deleted once listed: the merge it was left by is done.
+          if (covered && err instanceof Deno.errors.NotFound) continue;
           // A bad frame may show before the LZ4 checksum does: name the segment either way.
           if (!(err instanceof SyntaxError || err instanceof ReplicaIntegrityError)) throw err;
           throw new ReplicaIntegrityError(`WAL segment ${segName(seg)} is corrupt`, { cause: err });

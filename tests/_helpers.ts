@@ -9,7 +9,8 @@ import { Db, type DbOptions } from "../src/db.ts";
 import { Replica, type ReplicaOptions } from "../src/replica.ts";
 import { FileReplicaClient } from "../src/clients/file.ts";
 import { restore } from "../src/restore.ts";
-import type { ReplicaClient } from "../src/replica_client.ts";
+import type { Body, CallOptions, ReplicaClient, SnapshotKey } from "../src/replica_client.ts";
+import type { Pos } from "../src/pos.ts";
 
 const dec = new TextDecoder();
 const enc = new TextEncoder();
@@ -288,4 +289,51 @@ export function closedPort(): number {
   const { port } = listener.addr as Deno.NetAddr;
   listener.close();
   return port;
+}
+
+/**
+ * A {@linkcode ReplicaClient} passing every call to a real one: subclass it and override the
+ * calls a test wants to fail, delay or interleave with something else.
+ */
+export class WrappedClient implements ReplicaClient {
+  readonly inner: ReplicaClient;
+  constructor(inner: ReplicaClient) {
+    this.inner = inner;
+  }
+  get type(): string {
+    return this.inner.type;
+  }
+  get location(): string {
+    return this.inner.location;
+  }
+  generations(o?: CallOptions) {
+    return this.inner.generations(o);
+  }
+  snapshots(g: string, o?: CallOptions) {
+    return this.inner.snapshots(g, o);
+  }
+  writeSnapshot(k: SnapshotKey, d: Body, o?: CallOptions) {
+    return this.inner.writeSnapshot(k, d, o);
+  }
+  openSnapshot(k: SnapshotKey, o?: CallOptions) {
+    return this.inner.openSnapshot(k, o);
+  }
+  deleteSnapshot(k: SnapshotKey, o?: CallOptions) {
+    return this.inner.deleteSnapshot(k, o);
+  }
+  walSegments(g: string, o?: CallOptions) {
+    return this.inner.walSegments(g, o);
+  }
+  writeWalSegment(p: Pos, d: Body, o?: CallOptions) {
+    return this.inner.writeWalSegment(p, d, o);
+  }
+  openWalSegment(p: Pos, o?: CallOptions) {
+    return this.inner.openWalSegment(p, o);
+  }
+  deleteWalSegments(p: Pos[], o?: CallOptions) {
+    return this.inner.deleteWalSegments(p, o);
+  }
+  deleteGeneration(g: string, o?: CallOptions) {
+    return this.inner.deleteGeneration(g, o);
+  }
 }

@@ -1,18 +1,15 @@
 import assert from "node:assert/strict";
-import { blobs, dump, openTestDb, tempDir, waitFor, Writer } from "./_helpers.ts";
+import { blobs, dump, openTestDb, tempDir, waitFor, WrappedClient, Writer } from "./_helpers.ts";
 import { ok, runOracle } from "./_daemon.ts";
 import { restore } from "../src/restore.ts";
 import { Replica } from "../src/replica.ts";
-import type { FileReplicaClient } from "../src/clients/file.ts";
 import { lz4DecompressStream } from "../src/lz4.ts";
 import type { Pos } from "../src/pos.ts";
 import {
-  type Body,
   type CallOptions,
   collect,
   readAll,
   type ReplicaClient,
-  type SnapshotKey,
   sortedSnapshots,
   sortedWalSegments,
 } from "../src/replica_client.ts";
@@ -277,60 +274,38 @@ async function oracleDump(replica: string, out: string): Promise<string> {
   return await dump(out);
 }
 
-/** The stored segments of one WAL index, as [offset, decoded length] pairs. */
-async function indexSegments(client: ReplicaClient, gen: string, index: number) {
-  const out: [number, number][] = [];
-  for (const s of await sortedWalSegments(client, gen)) {
-    if (s.index !== index) continue;
-    const bytes = await readAll(
-      (await client.openWalSegment(s)).pipeThrough(lz4DecompressStream()),
-    );
-    out.push([s.offset, bytes.length]);
+/**
+ * The stored segments of one WAL index, as [offset, decoded length] pairs (listed again when
+ * a running merge deletes one between the listing and its read).
+ */
+async function indexSegments(
+  client: ReplicaClient,
+  gen: string,
+  index: number,
+): Promise<[number, number][]> {
+  for (;;) {
+    try {
+      const out: [number, number][] = [];
+      for (const s of await sortedWalSegments(client, gen)) {
+        if (s.index !== index) continue;
+        const bytes = await readAll(
+          (await client.openWalSegment(s)).pipeThrough(lz4DecompressStream()),
+        );
+        out.push([s.offset, bytes.length]);
+      }
+      return out;
+    } catch (err) {
+      if (!(err instanceof Deno.errors.NotFound)) throw err;
+    }
   }
-  return out;
 }
 
-/** A {@linkcode FileReplicaClient} whose `deleteWalSegments` fails while `failDeletes` is set. */
-class FailingDeletes implements ReplicaClient {
-  readonly type = "file";
+/** A client whose `deleteWalSegments` fails while `failDeletes` is set. */
+class FailingDeletes extends WrappedClient {
   failDeletes = false;
-  readonly #c: FileReplicaClient;
-  constructor(c: FileReplicaClient) {
-    this.#c = c;
-  }
-  get location() {
-    return this.#c.location;
-  }
-  generations(o?: CallOptions) {
-    return this.#c.generations(o);
-  }
-  snapshots(g: string, o?: CallOptions) {
-    return this.#c.snapshots(g, o);
-  }
-  writeSnapshot(k: SnapshotKey, d: Body, o?: CallOptions) {
-    return this.#c.writeSnapshot(k, d, o);
-  }
-  openSnapshot(k: SnapshotKey, o?: CallOptions) {
-    return this.#c.openSnapshot(k, o);
-  }
-  deleteSnapshot(k: SnapshotKey, o?: CallOptions) {
-    return this.#c.deleteSnapshot(k, o);
-  }
-  walSegments(g: string, o?: CallOptions) {
-    return this.#c.walSegments(g, o);
-  }
-  writeWalSegment(p: Pos, d: Body, o?: CallOptions) {
-    return this.#c.writeWalSegment(p, d, o);
-  }
-  openWalSegment(p: Pos, o?: CallOptions) {
-    return this.#c.openWalSegment(p, o);
-  }
-  deleteWalSegments(p: Pos[], o?: CallOptions) {
+  override deleteWalSegments(p: Pos[], o?: CallOptions) {
     if (this.failDeletes) return Promise.reject(new Error("injected: delete failed"));
-    return this.#c.deleteWalSegments(p, o);
-  }
-  deleteGeneration(g: string, o?: CallOptions) {
-    return this.#c.deleteGeneration(g, o);
+    return super.deleteWalSegments(p, o);
   }
 }
 

@@ -1,8 +1,17 @@
 import assert from "node:assert/strict";
-import { blobs, dump, integrity, openTestDb, tempDir, Writer } from "./_helpers.ts";
+import { blobs, dump, integrity, openTestDb, tempDir, WrappedClient, Writer } from "./_helpers.ts";
 import { calcRestoreTarget, restore } from "../src/restore.ts";
 import { NoBackupError, ReplicaIntegrityError } from "../src/errors.ts";
-import { sortedWalSegments } from "../src/replica_client.ts";
+import {
+  type CallOptions,
+  readAll,
+  type ReplicaClient,
+  sortedWalSegments,
+  type WalSegmentInfo,
+} from "../src/replica_client.ts";
+import { lz4Compress, lz4DecompressStream } from "../src/lz4.ts";
+import { concat } from "../src/internal/bytes.ts";
+import type { Pos } from "../src/pos.ts";
 import { walSegmentKey } from "../src/layout.ts";
 
 /** A replica with three WAL indexes (checkpoints at 30 pages) and several segments each. */
@@ -261,3 +270,77 @@ Deno.test("restore() rejects a streamed WAL segment that is corrupt, truncated o
   await restore(fx.client, { outputPath: `${dir.path}/r.db` });
   assert.equal(await dump(`${dir.path}/r.db`), await dump(fx.path));
 });
+
+/**
+ * Merges one WAL index's segments the way a replicator does: the merged segment replaces the
+ * first, then the others are deleted.
+ */
+async function mergeIndex(client: ReplicaClient, segs: WalSegmentInfo[]): Promise<void> {
+  const parts: Uint8Array[] = [];
+  for (const s of segs) {
+    parts.push(await readAll((await client.openWalSegment(s)).pipeThrough(lz4DecompressStream())));
+  }
+  await client.writeWalSegment(segs[0], lz4Compress(concat(parts)));
+  await client.deleteWalSegments(segs.slice(1));
+}
+
+/**
+ * Merges WAL index `index` when a restore opens one of its segments (`at`: the first, or the
+ * second after having read the first whole, as it was), and counts the listings.
+ */
+class MergesDuringRestore extends WrappedClient {
+  listings = 0;
+  #segs: WalSegmentInfo[] = [];
+  #merged?: Promise<void>;
+  constructor(inner: ReplicaClient, readonly index: number, readonly at: "first" | "second") {
+    super(inner);
+  }
+  override async *walSegments(g: string, o?: CallOptions): AsyncGenerator<WalSegmentInfo> {
+    this.listings++;
+    const segs = await Array.fromAsync(super.walSegments(g, o));
+    this.#segs = segs.filter((s) => s.index === this.index).sort((a, b) => a.offset - b.offset);
+    yield* segs;
+  }
+  override async openWalSegment(p: Pos, o?: CallOptions) {
+    const i = this.#segs.findIndex((s) => s.index === p.index && s.offset === p.offset);
+    if (i >= 0 && !this.#merged) {
+      if (this.at === "second" && i === 0) {
+        // Read it whole now, as it is: the merge below replaces it.
+        const bytes = await readAll(await super.openWalSegment(p, o));
+        return new ReadableStream<Uint8Array>({
+          start(c) {
+            c.enqueue(bytes);
+            c.close();
+          },
+        });
+      }
+      if (i === (this.at === "first" ? 0 : 1)) this.#merged = mergeIndex(this.inner, this.#segs);
+    }
+    // Later segments of the index are opened once the merge is over (restore asks for them
+    // ahead, in order).
+    if (i >= 0 && this.#merged) await this.#merged;
+    return super.openWalSegment(p, o);
+  }
+}
+
+for (const at of ["first", "second"] as const) {
+  Deno.test(`restore() races a merge of segments (at the ${at} segment) and restores the source`, async () => {
+    await using dir = await tempDir();
+    const { fx, w } = await threeIndexes(dir.path);
+    await using _fx = fx;
+    await using _w = w;
+    const gen = fx.db.generation!;
+    const segs = await sortedWalSegments(fx.client, gen);
+    const count = (i: number) => segs.filter((s) => s.index === i).length;
+    const index = [0, 1, 2].reduce((a, b) => count(b) > count(a) ? b : a);
+    assert.ok(count(index) >= 3, `an index has several segments: ${count(index)}`);
+    const client = new MergesDuringRestore(fx.client, index, at);
+    await restore(client, { outputPath: `${dir.path}/r.db` });
+    assert.equal(await dump(`${dir.path}/r.db`), await dump(fx.path));
+    // Merged at the first segment: the restore reads the merged one and skips the deleted
+    // ones it covers. At the second: the first was read as it was, the second is gone, and
+    // the restore lists the replica again.
+    assert.equal(client.listings, at === "first" ? 1 : 2);
+    assert.equal((await sortedWalSegments(fx.client, gen)).length, segs.length - count(index) + 1);
+  });
+}
