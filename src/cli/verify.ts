@@ -160,7 +160,7 @@ async function verifyReplica(
       return hashImage(file);
     };
     if (!dbPath) {
-      const end = await replicaEnd(r.client);
+      const end = await listedAgain(() => replicaEnd(r.client));
       await restoreAt(end.pos);
       return {
         ok: true,
@@ -179,7 +179,7 @@ async function verifyReplica(
     if (!live.wal) {
       // No WAL: nobody has the database open, and its file is the end of a WAL life that
       // only the replica can name. Compare with the replica's latest state.
-      const end = await replicaEnd(r.client);
+      const end = await listedAgain(() => replicaEnd(r.client));
       return compare(
         dbPath,
         where,
@@ -189,10 +189,11 @@ async function verifyReplica(
         " (the database has no WAL: compared at the replica's latest position)",
       );
     }
+    const wal = live.wal;
     const deadline = Date.now() + timeoutMs;
     const seen = new Map<string, Uint8Array>();
     for (;;) {
-      const found = await findLivePos(r.client, live.wal, seen);
+      const found = await listedAgain(() => findLivePos(r.client, wal, seen));
       if (found.pos && found.available >= found.pos.offset) {
         return compare(dbPath, where, found.pos, live, await restoreAt(found.pos), "");
       }
@@ -251,6 +252,21 @@ function compare(
 
 // ---------------------------------------------------------------------------------------
 // The replica side: its latest position, and where it holds the live WAL life.
+
+/**
+ * Runs `fn`, which lists the replica and then reads some of what it listed, again when an
+ * object is gone by the time it is read (a replicator merged segments, or retention deleted
+ * them), up to three times in all.
+ */
+async function listedAgain<T>(fn: () => Promise<T>): Promise<T> {
+  for (let attempt = 1;; attempt++) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (!(err instanceof Deno.errors.NotFound) || attempt >= 3) throw err;
+    }
+  }
+}
 
 /** The end of the replica's latest state: the last segment's offset plus its length. */
 async function replicaEnd(
