@@ -133,6 +133,9 @@ export class Db implements AsyncDisposable {
   // The same holds for the `-shm` file, where SQLite keeps the WAL's locks: opened once
   // (after the connections created it), read with synchronous calls, closed after them.
   #shmFile?: Deno.FsFile;
+  // The WAL, kept open across syncs (an open by path costs a permission check of each path
+  // component: see #walHandle), with the identity of the file it has open.
+  #wal?: { file: Deno.FsFile; dev: number; ino: number | null };
   #conns: Connection[] = []; // read-write ones first: see #closeConnections
   #checkpointer?: Checkpointer;
   readonly #shadow: ShadowWal;
@@ -348,13 +351,13 @@ export class Db implements AsyncDisposable {
   async #syncOnce(): Promise<void> {
     const shadow = this.#shadow;
     let changed = false;
-    this.#ensureWalExists();
+    const stat = this.#ensureWalExists();
     const fullScan = this.#fullScanDue;
     this.#fullScanDue = false;
     const before = this.#walSeen;
     this.#walSeen = undefined;
     const seenAt = Date.now();
-    let wal = this.#readWalHeader();
+    let wal = this.#readWalHeader(stat);
     const seen = wal.info;
     if (!before || !sameStat(before, seen)) this.#walChangedAt = performance.now();
     let verdict: Verdict = this.#forceNewGeneration
@@ -505,29 +508,73 @@ export class Db implements AsyncDisposable {
     return true;
   }
 
-  #ensureWalExists(): void {
-    let size = 0;
+  /**
+   * Starts a WAL life with a write of ours if the WAL holds no header. Returns the WAL's
+   * stat when it already held one (the caller's #readWalHeader can use it).
+   */
+  #ensureWalExists(): Deno.FileInfo | undefined {
+    let info: Deno.FileInfo | undefined;
     try {
-      size = Deno.statSync(this.walPath).size;
+      info = Deno.statSync(this.walPath);
     } catch (err) {
       if (!(err instanceof Deno.errors.NotFound)) throw err;
     }
-    if (size < WAL_HEADER_SIZE) this.#checkpointer!.write(UPSERT_SEQ);
+    if (info && info.size >= WAL_HEADER_SIZE) return info;
+    this.#checkpointer!.write(UPSERT_SEQ);
+    return undefined;
   }
 
   // The per-sync file work uses synchronous calls (see readAtSync); only the fdatasync of
   // the shadow WAL goes through the thread pool.
-  #readWalHeader(): { bytes: Uint8Array; size: number; info: Deno.FileInfo } {
-    // Stat by path (see fileSizeSync), before the open: a WAL replaced in between shows as
+  #readWalHeader(
+    stat?: Deno.FileInfo,
+  ): { bytes: Uint8Array; size: number; info: Deno.FileInfo } {
+    // Stat by path (see fileSizeSync), before the read: a WAL replaced in between shows as
     // changed at the next sync, never as unchanged.
-    const info = Deno.statSync(this.walPath);
-    using f = Deno.openSync(this.walPath, { read: true });
+    const info = stat ?? Deno.statSync(this.walPath);
+    const f = this.#walHandle(info);
     const size = fileSizeSync(f);
     const bytes = readAtSync(f, 0, WAL_HEADER_SIZE);
     if (bytes.length < WAL_HEADER_SIZE) {
       throw new Error(`Cannot read WAL header of "${this.path}": WAL is ${size} bytes`);
     }
     return { bytes, size, info };
+  }
+
+  /**
+   * The open WAL file, given `info`, a stat of its path taken just before: the descriptor
+   * kept from an earlier sync if that is the file at the path now, else the path opened
+   * again. So a WAL deleted and created again, or replaced, is never read through the
+   * descriptor of the file it replaced (whose inode number no new file can take while the
+   * descriptor holds it). If the path changes again between the stat and the open, the stat
+   * is of an older file than the one read: the next sync sees the path changed.
+   */
+  #walHandle(info: Deno.FileInfo): Deno.FsFile {
+    const w = this.#wal;
+    // Without inode numbers (not on Unix), every sync opens the path again.
+    if (w && w.ino !== null && w.ino === info.ino && w.dev === info.dev) return w.file;
+    this.#closeWal();
+    const file = Deno.openSync(this.walPath, { read: true });
+    try {
+      const st = file.statSync(); // of the file opened, wherever the path points now
+      this.#wal = { file, dev: st.dev, ino: st.ino };
+    } catch (err) {
+      closeQuietly(file);
+      throw err;
+    }
+    return file;
+  }
+
+  /** The WAL file the current sync opened (see #walHandle). */
+  #walFile(): Deno.FsFile {
+    if (!this.#wal) throw new Error(`WAL of "${this.path}" is not open`);
+    return this.#wal.file;
+  }
+
+  #closeWal(): void {
+    const w = this.#wal;
+    this.#wal = undefined;
+    if (w) closeQuietly(w.file);
   }
 
   #verify(walHeaderBytes: Uint8Array, walSize: number): Verdict {
@@ -558,7 +605,7 @@ export class Db implements AsyncDisposable {
     }
     if (walSize < sh.size) return { kind: "new", reason: "wal truncated by another process" };
     // The last frame we copied must still be there, byte for byte.
-    if (!sh.lastFrameMatches(this.walPath)) {
+    if (!sh.lastFrameMatches(this.#walFile())) {
       return { kind: "new", reason: "wal overwritten by another process" };
     }
     return same ? { kind: "same" } : { kind: "next" };
@@ -586,7 +633,7 @@ export class Db implements AsyncDisposable {
     // SQLite's count of committed frames, read before the WAL: its frames are all there.
     const committed = this.#committedFrames();
     const n = this.#shadow.append(
-      this.walPath,
+      this.#walFile(),
       this.#scratch,
       fullScan ? undefined : committed,
     );
@@ -638,7 +685,7 @@ export class Db implements AsyncDisposable {
 
   /** Copies the rest of a WAL life that ended while we were stopped (see ShadowWal.appendEndedLife). */
   #copyEndedLife(next: WalHeader): number {
-    const n = this.#shadow.appendEndedLife(this.walPath, this.#scratch, next);
+    const n = this.#shadow.appendEndedLife(this.#walFile(), this.#scratch, next);
     if (n > 0) this.metrics.totalWalBytes += n;
     return n;
   }
@@ -857,6 +904,8 @@ export class Db implements AsyncDisposable {
       this.#shmFile?.close();
     } catch { /* closed */ }
     this.#shmFile = undefined;
+    this.#closeWal();
+    this.#shadow.close();
   }
 
   /** Stops the monitor, syncs once more, and closes the connections (keeping the WAL). */
@@ -911,6 +960,12 @@ function sameStat(a: Deno.FileInfo, b: Deno.FileInfo): boolean {
 
 function untilNextTick(intervalMs: number): number {
   return intervalMs - (performance.now() % intervalMs);
+}
+
+function closeQuietly(file: Deno.FsFile): void {
+  try {
+    file.close();
+  } catch { /* closed */ }
 }
 
 function statOrUndefined(path: string): Deno.FileInfo | undefined {

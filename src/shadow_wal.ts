@@ -4,6 +4,12 @@
  * owns its paths, loading after a restart (trimming a torn tail), appending committed
  * frames, reading ranges for the replicas, and removing files no replica needs.
  *
+ * The current file stays open from its start (or load) until the next one starts: a sync
+ * appends to it, checks its last frame and flushes it, and a replica reads its new frames,
+ * each several times a second, and every open by path costs a permission check of each
+ * path component under Deno's granular permissions (a `readlink` apiece). Only this object
+ * creates, writes and cleans up the files; none is ever replaced in place.
+ *
  * @module
  */
 import {
@@ -108,6 +114,14 @@ interface Tail {
   committed: number;
 }
 
+/** The current shadow file, open, and which file it is. */
+interface OpenFile {
+  generation: string;
+  index: number;
+  path: string;
+  handle: Deno.FsFile;
+}
+
 /** The shadow WAL of one database. Not safe for concurrent writers: `Db` serialises them. */
 export class ShadowWal implements ShadowWalReader {
   /** The `.<db>-litestream` directory. */
@@ -118,6 +132,8 @@ export class ShadowWal implements ShadowWalReader {
   /** Files of the generation below this index are gone (clean() removed them). */
   #cleanedBelow = 0;
   #checksummed = 0;
+  /** The current file, open for reading and writing (see the module doc). */
+  #file?: OpenFile;
   readonly #log: Logger;
 
   constructor(dir: string, log: Logger) {
@@ -182,6 +198,7 @@ export class ShadowWal implements ShadowWalReader {
 
   /** Loads the generation and its last file after a restart, trimming a torn tail. */
   async load(): Promise<void> {
+    this.close();
     this.#generation = undefined;
     this.#state = undefined;
     this.#bytes = 0;
@@ -212,25 +229,34 @@ export class ShadowWal implements ShadowWalReader {
       throw err;
     }
     if (index < 0) return;
-    using f = Deno.openSync(this.path(gen, index), { read: true, write: true });
-    const fileSize = fileSizeSync(f);
-    const headerBytes = readAtSync(f, 0, WAL_HEADER_SIZE);
-    if (headerBytes.length < WAL_HEADER_SIZE || !isValidWalHeader(headerBytes)) return;
-    const header = decodeWalHeader(headerBytes);
-    const scan = scanFile(f, WAL_HEADER_SIZE, fileSize, header, [
-      header.checksum1,
-      header.checksum2,
-    ], new Scratch(SCAN_CHUNK));
-    if (scan.end < fileSize) {
-      // A crash during an append left frames without their commit: drop them.
-      this.#log.warn("shadow wal trimmed to last commit", { index, from: fileSize, to: scan.end });
-      await f.truncate(scan.end);
-      await f.syncData();
-      bytes -= fileSize - scan.end;
+    const f = Deno.openSync(this.path(gen, index), { read: true, write: true });
+    try {
+      const fileSize = fileSizeSync(f);
+      const headerBytes = readAtSync(f, 0, WAL_HEADER_SIZE);
+      if (headerBytes.length < WAL_HEADER_SIZE || !isValidWalHeader(headerBytes)) return;
+      const header = decodeWalHeader(headerBytes);
+      const scan = scanFile(f, WAL_HEADER_SIZE, fileSize, header, [
+        header.checksum1,
+        header.checksum2,
+      ], new Scratch(SCAN_CHUNK));
+      if (scan.end < fileSize) {
+        // A crash during an append left frames without their commit: drop them.
+        this.#log.warn("shadow wal trimmed to last commit", {
+          index,
+          from: fileSize,
+          to: scan.end,
+        });
+        await f.truncate(scan.end);
+        await f.syncData();
+        bytes -= fileSize - scan.end;
+      }
+      this.#generation = gen;
+      this.#bytes = bytes;
+      this.#state = { index, size: scan.end, headerBytes, header, checksum: scan.checksum };
+      this.#file = { generation: gen, index, path: this.path(gen, index), handle: f };
+    } finally {
+      if (this.#file?.handle !== f) f.close();
     }
-    this.#generation = gen;
-    this.#bytes = bytes;
-    this.#state = { index, size: scan.end, headerBytes, header, checksum: scan.checksum };
   }
 
   /**
@@ -265,17 +291,26 @@ export class ShadowWal implements ShadowWalReader {
   async startIndex(index: number, walHeader: Uint8Array): Promise<void> {
     const headerBytes = walHeader.slice(0, WAL_HEADER_SIZE);
     const header = decodeWalHeader(headerBytes);
-    const path = this.path(this.#generation!, index);
+    const generation = this.#generation!;
+    const path = this.path(generation, index);
+    let f: Deno.FsFile | undefined;
     try {
-      {
-        using f = await Deno.open(path, { write: true, create: true, truncate: true, mode: 0o600 });
-        writeAllSync(f, headerBytes);
-        await f.syncData();
-      }
+      f = await Deno.open(path, {
+        read: true,
+        write: true,
+        create: true,
+        truncate: true,
+        mode: 0o600,
+      });
+      writeAllSync(f, headerBytes);
+      await f.syncData();
       await fsyncDir(dirname(path));
     } catch (err) {
+      f?.close();
       throw new Error(`Cannot start shadow WAL "${path}"`, { cause: err });
     }
+    this.close();
+    this.#file = { generation, index, path, handle: f };
     this.#bytes += WAL_HEADER_SIZE;
     this.#state = {
       index,
@@ -288,15 +323,14 @@ export class ShadowWal implements ShadowWalReader {
 
   /**
    * Appends the committed frames of the current WAL life that the shadow lacks, reading
-   * them from the WAL file at `walPath`. Synchronous and without fsync, so that it can run
+   * them from `wal`, the open WAL file. Synchronous and without fsync, so that it can run
    * while we hold SQLite's write lock: call {@linkcode ShadowWal.flush} afterwards.
    *
    * @returns the number of bytes appended, or -1 if the WAL file no longer holds the life
    * the current file copies (its header changed: the WAL was restarted or truncated)
    */
-  append(walPath: string, scratch: Scratch, committed?: number): number {
+  append(wal: Deno.FsFile, scratch: Scratch, committed?: number): number {
     const sh = this.#state!;
-    using wal = Deno.openSync(walPath, { read: true });
     scratch.reset();
     // SQLite writes a restarted WAL's header before any of its frames: read it first.
     if (!bytesEqual(readAtSync(wal, 0, WAL_HEADER_SIZE, scratch), sh.headerBytes)) return -1;
@@ -379,9 +413,8 @@ export class ShadowWal implements ShadowWalReader {
    *
    * @returns the bytes appended, or -1 if the new life reached them or the end is unknown
    */
-  appendEndedLife(walPath: string, scratch: Scratch, next: WalHeader): number {
+  appendEndedLife(wal: Deno.FsFile, scratch: Scratch, next: WalHeader): number {
     const sh = this.#state!;
-    using wal = Deno.openSync(walPath, { read: true });
     const walSize = fileSizeSync(wal);
     const scan = scanFile(wal, sh.size, walSize, sh.header, sh.checksum, scratch);
     const after = readAtSync(wal, scan.end, WAL_FRAME_HEADER_SIZE);
@@ -401,11 +434,13 @@ export class ShadowWal implements ShadowWalReader {
     const sh = this.#state!;
     if (scan.end <= sh.size) return 0;
     const n = scan.end - sh.size;
-    const path = this.path(this.#generation!, sh.index);
+    const out = this.#current();
     try {
-      if (!this.#write(path, sh.size, scan, wal, recheck ? sh.checksum : undefined)) return -1;
+      if (!this.#write(out.handle, sh.size, scan, wal, recheck ? sh.checksum : undefined)) {
+        return -1;
+      }
     } catch (err) {
-      throw new Error(`Cannot append to shadow WAL "${path}"`, { cause: err });
+      throw new Error(`Cannot append to shadow WAL "${out.path}"`, { cause: err });
     }
     sh.size = scan.end;
     sh.checksum = scan.checksum;
@@ -419,13 +454,12 @@ export class ShadowWal implements ShadowWalReader {
    * longer are the frames the scan saw, the file is cut back to `from` and false returned.
    */
   #write(
-    path: string,
+    out: Deno.FsFile,
     from: number,
     scan: Scan,
     wal: Deno.FsFile,
     recheck?: readonly [number, number],
   ): boolean {
-    using out = Deno.openSync(path, { write: true });
     out.seekSync(from, Deno.SeekMode.Start);
     if (scan.end <= scan.keptTo) {
       writeAllSync(out, scan.buf.subarray(0, scan.end - from));
@@ -459,29 +493,45 @@ export class ShadowWal implements ShadowWalReader {
   /** Makes the current file's appended frames durable. */
   async flush(): Promise<void> {
     if (!this.#generation || !this.#state) return;
-    const path = this.path(this.#generation, this.#state.index);
+    const f = this.#current();
     try {
-      using f = await Deno.open(path, { write: true });
-      await f.syncData();
+      // Deno runs it on a duplicate of the descriptor: closing the file meanwhile is safe.
+      await f.handle.syncData();
     } catch (err) {
-      throw new Error(`Cannot flush shadow WAL "${path}"`, { cause: err });
+      throw new Error(`Cannot flush shadow WAL "${f.path}"`, { cause: err });
     }
   }
 
+  /** Closes the current file (a later {@linkcode ShadowWal.load} opens it again). */
+  close(): void {
+    const f = this.#file;
+    this.#file = undefined;
+    try {
+      f?.handle.close();
+    } catch { /* closed */ }
+  }
+
+  /** The open current file. */
+  #current(): OpenFile {
+    const f = this.#file, sh = this.#state;
+    if (!f || !sh || f.generation !== this.#generation || f.index !== sh.index) {
+      throw new Error(`Shadow WAL of "${this.dir}" is not open`);
+    }
+    return f;
+  }
+
   /**
-   * True if the frame that ends the current file is still, byte for byte, in the WAL file
-   * (same place): the WAL was not overwritten since we copied it.
+   * True if the frame that ends the current file is still, byte for byte, in `wal`, the
+   * open WAL file (same place): the WAL was not overwritten since we copied it.
    */
-  lastFrameMatches(walPath: string): boolean {
+  lastFrameMatches(wal: Deno.FsFile): boolean {
     const sh = this.#state!;
     if (sh.size <= WAL_HEADER_SIZE) return true;
     const fs = walFrameSize(sh.header.pageSize);
-    using w = Deno.openSync(walPath, { read: true });
-    using s = Deno.openSync(this.path(this.#generation!, sh.index), { read: true });
     frameScratch.reset();
     return bytesEqual(
-      readAtSync(w, sh.size - fs, fs, frameScratch),
-      readAtSync(s, sh.size - fs, fs, frameScratch),
+      readAtSync(wal, sh.size - fs, fs, frameScratch),
+      readAtSync(this.#current().handle, sh.size - fs, fs, frameScratch),
     );
   }
 
@@ -497,6 +547,10 @@ export class ShadowWal implements ShadowWalReader {
   read(generation: string, index: number, offset: number, scratch?: Scratch): Uint8Array {
     const end = this.end(generation, index);
     if (offset >= end) return new Uint8Array(0);
+    const cur = this.#file;
+    if (cur && cur.generation === generation && cur.index === index) {
+      return readAtSync(cur.handle, offset, end - offset, scratch);
+    }
     using f = Deno.openSync(this.path(generation, index), { read: true });
     return readAtSync(f, offset, end - offset, scratch);
   }

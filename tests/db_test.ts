@@ -10,6 +10,7 @@ import {
   Writer,
 } from "./_helpers.ts";
 import { calcWalSize, decodeWalHeader, WAL_HEADER_SIZE } from "../src/wal.ts";
+import { Logger, memorySink } from "../src/log.ts";
 import {
   hasUnchecksummedCommittedFrame,
   ROLLBACK_LOAD_SCHEMA,
@@ -298,6 +299,25 @@ Deno.test("Db checkpoints past min-checkpoint-page-count, keeps the WAL bounded 
   // 40 × ~20 pages went through the WAL; with checkpoints at 50 pages it stays small.
   assert.ok(maxWal < 120 * 4120, `WAL stayed bounded (max ${maxWal} bytes)`);
   assert.equal(await restoredDump(fx.client, `${dir.path}/r.db`), await dump(fx.path));
+});
+
+Deno.test("Db.sync() reads a WAL file put in place of the one it read last from the new file, not the old descriptor", async () => {
+  await using dir = await tempDir();
+  const log = memorySink("info");
+  await using fx = await openTestDb(dir.path, { logger: new Logger(log) });
+  await using w = new Writer(fx.path);
+  await w.exec("INSERT INTO t (v) VALUES ('a')");
+  await fx.sync();
+  const gen = fx.db.generation;
+  // Another process puts a file holding only the WAL's header in the WAL's place; the
+  // connections (ours and the application's) keep the replaced file open, which is unchanged.
+  const wal = `${fx.path}-wal`;
+  const header = (await Deno.readFile(wal)).slice(0, WAL_HEADER_SIZE);
+  await Deno.writeFile(`${wal}.new`, header);
+  await Deno.rename(`${wal}.new`, wal);
+  await fx.db.sync();
+  // Read through the old descriptor, the WAL would look as at the last sync.
+  assert.notEqual(fx.db.generation, gen, `a new generation:\n${log.lines.join("\n")}`);
 });
 
 Deno.test("Db trims a torn tail of the shadow WAL on open and keeps its generation", async () => {
