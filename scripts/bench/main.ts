@@ -332,7 +332,12 @@ async function writerWorkload(ctx: Ctx): Promise<void> {
   r.num("writer + replicator CPU (s)", o.writerCpu + o.cpu, t.writerCpu + t.cpu);
   r.num("  … ours at 1 s", o1.writerCpu + o1.cpu, t.writerCpu + t.cpu);
   r.num("replicator peak RSS, writer load (MiB)", o.rss, t.rss, 1);
-  r.num(`WAL segment files written for ${batches} × ${n} commits`, o.segments, t.segments, 0);
+  r.num(
+    `WAL segment files in the replica after ${batches} × ${n} commits`,
+    o.segments,
+    t.segments,
+    0,
+  );
   lockRows(r, `${batches} × ${n} commits`, o.lock);
   r.notes.push(
     `Writer: one \`sqlite3\` process per batch fed ${n} single-row INSERTs (autocommit, ` +

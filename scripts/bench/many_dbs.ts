@@ -74,15 +74,19 @@ function markerOf(round: number, i: number): number {
 async function replicaHolds(root: string, k: number, seen: Set<string>): Promise<boolean> {
   const { segments } = await listReplica(root);
   for (const path of segments.reverse()) {
-    if (seen.has(path)) continue;
+    // Keyed by size and time too: our replicator merges segments into the first of them.
+    let key: string;
     let data: Uint8Array;
     try {
+      const st = await Deno.stat(path);
+      key = `${path} ${st.size} ${st.mtime?.getTime()}`;
+      if (seen.has(key)) continue;
       data = lz4Decompress(await Deno.readFile(path));
     } catch (err) {
       if (err instanceof Deno.errors.NotFound) continue;
       throw err;
     }
-    seen.add(path);
+    seen.add(key);
     if (findMarkers(data).includes(k)) return true;
   }
   return false;

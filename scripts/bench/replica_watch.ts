@@ -69,6 +69,11 @@ export async function listReplica(root: string): Promise<ReplicaFiles> {
   return out;
 }
 
+/** The WAL index a segment's path names (`…/<gen>/wal/<index>_<offset>.wal.lz4`), with its generation. */
+function indexOf(path: string): string {
+  return path.slice(0, path.lastIndexOf("_"));
+}
+
 async function walk(dir: string, into: string[]): Promise<void> {
   for (const e of await entries(dir)) {
     if (e.isDirectory) await walk(`${dir}/${e.name}`, into);
@@ -112,11 +117,22 @@ export class MarkerWatcher {
     this.#pollMs = pollMs;
   }
 
-  /** Reads the WAL segments not read before and records their markers. */
+  /**
+   * Reads the WAL segments not read before and records their markers. Our replicator merges
+   * a run of segments into the first of them (same name) and deletes the others: when a
+   * segment read before is gone, the others of its WAL index are read again.
+   */
   async scan(): Promise<void> {
     const { segments } = await listReplica(this.root);
     const t = performance.now();
     this.scans++;
+    const listed = new Set(segments);
+    for (const path of [...this.#seen]) {
+      if (listed.has(path)) continue;
+      this.#seen.delete(path);
+      const index = indexOf(path);
+      for (const other of this.#seen) if (indexOf(other) === index) this.#seen.delete(other);
+    }
     for (const path of segments) {
       if (this.#seen.has(path)) continue;
       let data: Uint8Array;
