@@ -66,10 +66,11 @@ const IN_MEMORY_SEGMENT_BYTES = 1 << 20;
 export const DEFAULT_MERGE_WINDOW_MS = 1_000;
 
 /**
- * A run of segments is merged only while it holds at most this many WAL bytes (kept
- * compressed in memory until then); past that, segments are large enough on their own.
+ * A run's segments are kept in memory, compressed, until it is merged: at most this many
+ * bytes of them (a heavy writer's second of WAL is then a few merged segments, not one per
+ * 20 ms). Segments over {@linkcode IN_MEMORY_SEGMENT_BYTES} of WAL are streamed and end a run.
  */
-const MERGE_MAX_BYTES = IN_MEMORY_SEGMENT_BYTES;
+const MERGE_MAX_STORED_BYTES = 4 << 20;
 
 /** Segments one replica uploaded in a row, in one WAL index, not merged yet. */
 interface SegmentRun {
@@ -83,6 +84,8 @@ interface SegmentRun {
   later: number[];
   /** Each segment's LZ4 frame, as uploaded. */
   frames: Uint8Array[];
+  /** Their total length. */
+  stored: number;
   /** xxHash32 of the WAL bytes from `offset` to `end`: the merged frame's checksum. */
   hash: Xxh32;
   /** When its first segment was uploaded (`performance.now()`). */
@@ -372,7 +375,7 @@ export class Replica implements AsyncDisposable {
           .subarray(0, size);
         // lz4Compress copies what it keeps: the scratch is free again once it returns.
         const frame = lz4Compress(raw);
-        const joins = this.#joinsRun(pos, size);
+        const joins = this.#joinsRun(pos, frame.length);
         const hash = joins
           ? this.#run!.hash.update(raw)
           : this.mergeWindowMs > 0
@@ -385,6 +388,7 @@ export class Replica implements AsyncDisposable {
           const run = this.#run!;
           run.later.push(pos.offset);
           run.frames.push(frame);
+          run.stored += frame.length;
           run.end = end;
         } else if (hash) {
           this.#run = {
@@ -394,6 +398,7 @@ export class Replica implements AsyncDisposable {
             end,
             later: [],
             frames: [frame],
+            stored: frame.length,
             hash,
             startedAt: t0,
           };
@@ -413,11 +418,11 @@ export class Replica implements AsyncDisposable {
     }
   }
 
-  /** Whether a segment at `pos` of `size` bytes continues the current run. */
-  #joinsRun(pos: Pos, size: number): boolean {
+  /** Whether a segment at `pos`, stored in `stored` bytes, continues the current run. */
+  #joinsRun(pos: Pos, stored: number): boolean {
     const run = this.#run;
     return !!run && run.generation === pos.generation && run.index === pos.index &&
-      run.end === pos.offset && pos.offset + size - run.offset <= MERGE_MAX_BYTES &&
+      run.end === pos.offset && run.stored + stored <= MERGE_MAX_STORED_BYTES &&
       performance.now() - run.startedAt < this.mergeWindowMs;
   }
 
