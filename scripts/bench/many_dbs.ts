@@ -11,8 +11,10 @@
  * peak RSS (VmHWM) at the end of each.
  *
  * Alone: `deno run -A --lock=tests/deno.lock scripts/bench/many_dbs.ts [--dbs=200] [--idle=20]
- * [--tools=ours,v0.3.13] [--cpu-prof=DIR] [--threads]`: `--cpu-prof` writes a V8 CPU profile of our replicator into
- * DIR, `--threads` prints the CPU of each thread of the replicator after the commits.
+ * [--tools=ours,v0.3.13] [--cpu-prof=DIR] [--threads] [--all-permissions]`: `--cpu-prof` writes a V8
+ * CPU profile of our replicator into DIR, `--threads` prints the CPU of each thread of the
+ * replicator after the commits, `--all-permissions` runs ours with `-A` instead of the task's
+ * exact permissions (Deno then checks no path: what those checks cost).
  *
  * @module
  */
@@ -286,6 +288,7 @@ export function describe(tool: Tool, r: ManyDbsResult): string {
 if (import.meta.main) {
   let dbs = 200, idleSeconds = 20, tools: Tool[] = [...TOOLS], threads = false;
   let cpuProfDir: string | undefined;
+  let allPermissions = false;
   for (const a of Deno.args) {
     let m: RegExpExecArray | null;
     if ((m = /^--dbs=(\d+)$/.exec(a))) dbs = Number(m[1]);
@@ -293,10 +296,12 @@ if (import.meta.main) {
     else if ((m = /^--tools=(.+)$/.exec(a))) tools = m[1].split(",") as Tool[];
     else if ((m = /^--cpu-prof=(.+)$/.exec(a))) cpuProfDir = m[1];
     else if (a === "--threads") threads = true;
+    else if (a === "--all-permissions") allPermissions = true;
     else throw new Error(`Unknown argument "${a}"`);
   }
   await clkTck();
-  const set = await loadTools();
+  const loaded = await loadTools();
+  const set = allPermissions ? { ...loaded, replicateFlags: ["-A"] } : loaded;
   const dir = await Deno.makeTempDir({ prefix: "litestream-manydbs-" });
   try {
     const res = await runManyDbsWorkload(set, {
