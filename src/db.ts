@@ -748,13 +748,20 @@ export class Db implements AsyncDisposable {
     });
   }
 
-  /** Removes shadow WAL files that every replica has moved past (keeping one extra). */
+  /**
+   * Removes shadow WAL files that every replica has moved past (keeping one extra); none
+   * before a replica has said where it stands.
+   */
   async #cleanShadow(): Promise<void> {
     const gen = this.generation, index = this.#shadow.index;
     if (!gen || index === undefined) return;
     // Until every replica has said where it stands (just after a start, or while its store
-    // is down), any file may still be needed.
-    if (this.#replicaIndexes.size < this.#subscribers.size) return;
+    // is down), any file may still be needed. That includes the first syncs, which run before
+    // any replica is attached: a WAL restarted while we were stopped moves the index on, and
+    // the store may still end in a file a cleaning with no replica to ask would remove.
+    if (this.#replicaIndexes.size === 0 || this.#replicaIndexes.size < this.#subscribers.size) {
+      return;
+    }
     let min = index;
     for (const pos of this.#replicaIndexes.values()) {
       min = Math.min(min, pos.generation === gen ? pos.index : 0);

@@ -1,8 +1,18 @@
 import assert from "node:assert/strict";
-import { blobs, dump, openTestDb, tempDir, waitFor, WrappedClient, Writer } from "./_helpers.ts";
+import {
+  blobs,
+  dump,
+  openTestDb,
+  restoredDump,
+  tempDir,
+  waitFor,
+  WrappedClient,
+  Writer,
+} from "./_helpers.ts";
 import { ok, runOracle } from "./_daemon.ts";
 import { restore } from "../src/restore.ts";
 import { Replica } from "../src/replica.ts";
+import { Db } from "../src/db.ts";
 import { lz4DecompressStream } from "../src/lz4.ts";
 import type { Pos } from "../src/pos.ts";
 import {
@@ -263,6 +273,40 @@ Deno.test("Db removes the shadow WAL files every replica has moved past, index a
     assert.ok(kept.length <= 2, `round ${round}: index ${index}, kept ${kept.join(", ")}`);
     assert.ok(kept.includes(fx.db.shadowWalPath(gen, index).split("/").pop()!));
   }
+});
+
+Deno.test("Db removes no shadow WAL file before a replica said where it stands: a store ending two WAL restarts back continues without a gap", async () => {
+  await using dir = await tempDir();
+  await using w = new Writer(`${dir.path}/app.db`);
+  let fx = await openTestDb(dir.path);
+  await w.exec(blobs(20, 2000));
+  await fx.sync();
+  const gen = fx.db.generation!;
+  assert.equal(fx.replica.pos()!.index, 0);
+  await fx.stop();
+  // Twice: while nothing runs, the WAL restarts once (each new life shorter than the one
+  // before, so the last frame copied is still there); then the Db alone, as the daemon's
+  // first sync before its replicas start, follows it to the next index.
+  for (const life of [blobs(5, 2000), "INSERT INTO t (v) VALUES ('third life')"]) {
+    await w.exec("PRAGMA wal_checkpoint(RESTART)");
+    await w.exec(life);
+    const db = new Db(fx.path, { monitorIntervalMs: 0 });
+    await db.open();
+    await db.sync();
+    await db.close();
+  }
+  fx = await openTestDb(dir.path);
+  await using _fx = fx;
+  assert.equal(fx.db.generation, gen);
+  assert.equal(fx.db.pos()!.index, 2);
+  // The store ends in index 0: its shadow file is still there to continue from.
+  await Deno.stat(fx.db.shadowWalPath(gen, 0));
+  await fx.sync();
+  // Continued from the WAL, index by index, without a new snapshot.
+  assert.deepEqual((await sortedSnapshots(fx.client, gen)).map((s) => s.index), [0]);
+  const indexes = new Set((await sortedWalSegments(fx.client, gen)).map((s) => s.index));
+  assert.deepEqual([...indexes].sort(), [0, 1, 2]);
+  assert.equal(await restoredDump(fx.client, `${dir.path}/r.db`), await dump(fx.path));
 });
 
 // ---------------------------------------------------------------------------------------
