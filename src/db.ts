@@ -35,6 +35,7 @@ import { formatPos, MAX_INDEX, type Pos } from "./pos.ts";
 import { type CheckpointMode, Connection, probeDatabaseFile } from "./sqlite.ts";
 import {
   absPath,
+  closeQuietly,
   dirname,
   exists,
   fileSizeSync,
@@ -572,9 +573,8 @@ export class Db implements AsyncDisposable {
   }
 
   #closeWal(): void {
-    const w = this.#wal;
+    closeQuietly(this.#wal?.file);
     this.#wal = undefined;
-    if (w) closeQuietly(w.file);
   }
 
   #verify(walHeaderBytes: Uint8Array, walSize: number): Verdict {
@@ -886,9 +886,7 @@ export class Db implements AsyncDisposable {
   }
 
   #releaseReplicatorLock(): void {
-    try {
-      this.#replicatorLock?.close(); // closing the file releases its flock
-    } catch { /* closed */ }
+    closeQuietly(this.#replicatorLock); // closing the file releases its flock
     this.#replicatorLock = undefined;
   }
 
@@ -903,13 +901,9 @@ export class Db implements AsyncDisposable {
     }
     this.#conns = [];
     this.#checkpointer = undefined;
-    try {
-      this.#dbFile?.close();
-    } catch { /* closed */ }
+    closeQuietly(this.#dbFile);
     this.#dbFile = undefined;
-    try {
-      this.#shmFile?.close();
-    } catch { /* closed */ }
+    closeQuietly(this.#shmFile);
     this.#shmFile = undefined;
     this.#closeWal();
     this.#shadow.close();
@@ -967,12 +961,6 @@ function sameStat(a: Deno.FileInfo, b: Deno.FileInfo): boolean {
 
 function untilNextTick(intervalMs: number): number {
   return intervalMs - (performance.now() % intervalMs);
-}
-
-function closeQuietly(file: Deno.FsFile): void {
-  try {
-    file.close();
-  } catch { /* closed */ }
 }
 
 function statOrUndefined(path: string): Deno.FileInfo | undefined {

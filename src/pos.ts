@@ -23,6 +23,12 @@ export function formatPos(pos: Pos): string {
   return `${pos.generation}/${hex8(pos.index)}:${pos.offset}`;
 }
 
+/** Whether `a` and `b` are both given and the same position. */
+export function samePos(a: Pos | undefined, b: Pos | undefined): boolean {
+  return !!a && !!b && a.generation === b.generation && a.index === b.index &&
+    a.offset === b.offset;
+}
+
 /** Compares two positions of the same generation by index, then offset. */
 export function comparePos(a: Pos, b: Pos): number {
   return a.index - b.index || a.offset - b.offset;

@@ -5,7 +5,7 @@
  * @module
  */
 import type { Db } from "./db.ts";
-import { formatPos, type Pos } from "./pos.ts";
+import { formatPos, type Pos, samePos } from "./pos.ts";
 import {
   type CallOptions,
   type ReplicaClient,
@@ -700,9 +700,4 @@ function fileSize(path: string): number | undefined {
   } catch {
     return undefined;
   }
-}
-
-function samePos(a: Pos | undefined, b: Pos | undefined): boolean {
-  return !!a && !!b && a.generation === b.generation && a.index === b.index &&
-    a.offset === b.offset;
 }

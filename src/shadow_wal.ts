@@ -31,6 +31,7 @@ import {
 } from "./layout.ts";
 import type { Pos } from "./pos.ts";
 import {
+  closeQuietly,
   dirname,
   fileSizeSync,
   fsyncDir,
@@ -504,11 +505,8 @@ export class ShadowWal implements ShadowWalReader {
 
   /** Closes the current file (a later {@linkcode ShadowWal.load} opens it again). */
   close(): void {
-    const f = this.#file;
+    closeQuietly(this.#file?.handle);
     this.#file = undefined;
-    try {
-      f?.handle.close();
-    } catch { /* closed */ }
   }
 
   /** The open current file. */

@@ -7,6 +7,7 @@
  */
 import { describeError } from "./errors.ts";
 import type { Logger } from "./log.ts";
+import { closeQuietly } from "./internal/fs.ts";
 
 /** Watches armed at once in one process, by default (see {@linkcode WatchSlots}). */
 export const DEFAULT_MAX_WATCHES = 16;
@@ -135,9 +136,7 @@ export class WalWatcher {
         this.#end = undefined;
         this.#slots.release(this);
       }
-      try {
-        watcher.close();
-      } catch { /* already closed */ }
+      closeQuietly(watcher);
     };
     this.#end = end;
     signal.addEventListener("abort", end, { once: true });

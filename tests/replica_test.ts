@@ -14,7 +14,7 @@ import { restore } from "../src/restore.ts";
 import { Replica } from "../src/replica.ts";
 import { Db } from "../src/db.ts";
 import { lz4DecompressStream } from "../src/lz4.ts";
-import type { Pos } from "../src/pos.ts";
+import { type Pos, samePos } from "../src/pos.ts";
 import {
   type CallOptions,
   collect,
@@ -25,11 +25,6 @@ import {
 } from "../src/replica_client.ts";
 import { snapshotKey, walSegmentKey } from "../src/layout.ts";
 import { dirname } from "../src/internal/fs.ts";
-
-function samePos(a: Pos | undefined, b: Pos | undefined): boolean {
-  return !!a && !!b && a.generation === b.generation && a.index === b.index &&
-    a.offset === b.offset;
-}
 
 /** Sets an object's mtime back in time, as if it had been written `ageMs` ago. */
 async function age(path: string, ageMs: number): Promise<void> {

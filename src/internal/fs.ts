@@ -177,6 +177,13 @@ export function fileSizeSync(file: Deno.FsFile): number {
   return file.seekSync(0, Deno.SeekMode.End);
 }
 
+/** Closes `file` if given, ignoring that it may be closed already. */
+export function closeQuietly(file: { close(): void } | undefined): void {
+  try {
+    file?.close();
+  } catch { /* closed */ }
+}
+
 /** {@linkcode writeAll} with synchronous calls (see {@linkcode readAtSync}). */
 export function writeAllSync(file: Deno.FsFile, data: Uint8Array): void {
   let o = 0;
